@@ -44,7 +44,7 @@
 //
 // Password authentication against the VM's username and password (default
 // admin/admin). Session channels support exec (/bin/sh -c), shell
-// (/bin/sh -i), pty-req and window-change, signal, and env, which like
+// (/bin/sh -i on a terminal, else /bin/sh -l reading stdin), pty-req and window-change, signal, and env, which like
 // macOS's sshd accepts only LANG and LC_*: nothing may rely on passing
 // secrets as SSH environment. direct-tcpip channels (ssh -L) dial the
 // target from the host, as given ("localhost" is the host's). Commands
@@ -75,9 +75,9 @@
 // as root the real command would stop the host, so the VM's PATH starts
 // with shims: shutdown, halt and poweroff ask the driver (through a FIFO in
 // Dir) to stop the VM and return, as macOS's shutdown does. The driver
-// gives running commands half a second to end by themselves (so that the
-// script reports its own exit status), then stops the VM as Stop does, and
-// the exited channel of Start receives nil. A reboot is refused. The sudo
+// gives running commands up to two seconds to end by themselves (so that
+// the script reports its own exit status), then stops the VM as Stop
+// does, and the exited channel of Start receives nil. A reboot is refused. The sudo
 // shim runs its command as the same user, since there is no privilege to
 // gain; it sends "sudo /sbin/shutdown" and friends to the shims too. A
 // script that calls /sbin/shutdown directly, without sudo, bypasses the

@@ -380,7 +380,7 @@ func (d *Driver) Ignored(vm *v1.VM) []string {
 			ignored = append(ignored, field)
 		}
 	}
-	add(vm.ImagePullPolicy != "", "imagePullPolicy")
+	add(vm.ImagePullPolicy == v1.ImagePullPolicyAlways, "imagePullPolicy")
 	add(vm.CPU != 0, "cpu")
 	add(vm.Memory != 0, "memory")
 	add(vm.DiskSize != 0, "diskSize")

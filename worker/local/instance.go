@@ -34,7 +34,7 @@ const (
 	// commands end by themselves: a script whose last line is "sudo
 	// shutdown -h now" then reports its own exit status instead of being
 	// terminated by the shutdown it asked for.
-	guestShutdownSettle = 500 * time.Millisecond
+	guestShutdownSettle = 2 * time.Second
 	// exitReportTimeout bounds the wait for the exit of stopped commands
 	// to reach their clients before the connections close; a client that
 	// reads nothing would otherwise hold the stop.

@@ -89,7 +89,13 @@ func (sess *session) handle(req *ssh.Request) (ok bool, then func()) {
 		if started {
 			return false, nil
 		}
-		return sess.start("-i")
+		// Like sshd: an interactive shell on a terminal; without one, a
+		// login shell that reads commands from stdin without prompting
+		// (how startup scripts arrive).
+		if sess.pty != nil {
+			return sess.start("-i")
+		}
+		return sess.start("-l")
 	case "window-change":
 		r, err := parseWindowChange(req.Payload)
 		if err != nil || sess.pty == nil {

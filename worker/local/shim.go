@@ -18,7 +18,8 @@ const (
 	shimDir    = orchardDir + "/bin"
 	// shimFile is the one shim script, in the driver directory; each VM's
 	// shims are hard links to it (a link costs a small fraction of a new
-	// file). It tells what it is from the name it was run by.
+	// file). It tells what it is from the name it was run by. A VM that
+	// writes into a shim changes every VM's: nothing is isolated.
 	shimFile = "shim.sh"
 )
 
