@@ -435,4 +435,3 @@ func (w *Worker) serveStream(ctx context.Context, st tunnel.Stream) {
 		tunnel.Splice(st, conn)
 	}
 }
-

@@ -212,7 +212,9 @@ func TestPowerStateStop(t *testing.T) {
 	if _, err := cl.c.UpdateVMSpec(context.Background(), "vm", spec); err != nil {
 		t.Fatal(err)
 	}
-	stopped := cl.wait("vm", func(vm *v1.VM) bool { return vm.ObservedGeneration == 1 && vm.Condition(v1.ConditionRunning) == v1.ConditionFalse })
+	stopped := cl.wait("vm", func(vm *v1.VM) bool {
+		return vm.ObservedGeneration == 1 && vm.Condition(v1.ConditionRunning) == v1.ConditionFalse
+	})
 	if stopped.Status != v1.VMStatusRunning || stopped.StatusMessage != "VM is stopped" {
 		t.Errorf("stopped VM: %s %q", stopped.Status, stopped.StatusMessage)
 	}
@@ -361,5 +363,3 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-
