@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/orchardci/orchard/fleet/store"
@@ -607,20 +607,36 @@ func (c *Controller) getPortForward(w http.ResponseWriter, r *http.Request) erro
 	if err != nil {
 		return err
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
-	if err != nil {
-		conn.Close()
-		return nil // Accept has answered
-	}
 	// Clients on x/net/websocket send no User-Agent and expect text
 	// frames, as Orchard serves them.
-	typ := websocket.MessageBinary
+	typ := tunnel.Binary
 	if r.UserAgent() == "" {
-		typ = websocket.MessageText
+		typ = tunnel.Text
+	}
+	ws, err := tunnel.AcceptWebSocket(w, r, typ)
+	if err != nil {
+		conn.Close()
+		return nil // AcceptWebSocket has answered
 	}
 	c.metrics.streams.WithLabelValues("port-forward").Inc()
-	tunnel.Splice(websocket.NetConn(context.Background(), ws, typ), conn)
+	tunnel.Splice(ws, lostSessionCloses{conn, ws})
 	return nil
+}
+
+// lostSessionCloses ends the client's WebSocket with status 1011 when the
+// worker's tunnel dies mid-stream, so a cut connection does not look like
+// a normal end (1000).
+type lostSessionCloses struct {
+	net.Conn
+	ws *tunnel.WebSocket
+}
+
+func (l lostSessionCloses) Read(p []byte) (int, error) {
+	n, err := l.Conn.Read(p)
+	if errors.Is(err, tunnel.ErrSessionLost) {
+		_ = l.ws.CloseWithStatus(tunnel.StatusInternalError, "the worker's tunnel was lost")
+	}
+	return n, err
 }
 
 // Route describes one API endpoint and what it requires.

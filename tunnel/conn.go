@@ -2,12 +2,11 @@ package tunnel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // Dial opens the tunnel's WebSocket to url (an http:// or https:// URL of
@@ -15,18 +14,15 @@ import (
 // configuration, and header, which carries the credentials. The returned
 // conn carries the bytes of the yamux session.
 func Dial(ctx context.Context, url string, client *http.Client, header http.Header) (net.Conn, error) {
-	c, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
-		HTTPClient:      client,
-		HTTPHeader:      header,
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	ws, err := DialWebSocket(ctx, url, client, header)
 	if err != nil {
-		if resp != nil {
-			return nil, &DialError{StatusCode: resp.StatusCode, Message: responseMessage(resp), err: err}
+		var ue *UpgradeError
+		if errors.As(err, &ue) {
+			return nil, &DialError{StatusCode: ue.StatusCode, Message: bodyMessage(ue.Body), err: err}
 		}
 		return nil, fmt.Errorf("dial tunnel: %w", err)
 	}
-	return newConn(c), nil
+	return &coalescingConn{Conn: ws}, nil
 }
 
 // DialError is a refused tunnel upgrade: the controller answered with an
@@ -48,17 +44,11 @@ func (e *DialError) Unwrap() error { return e.err }
 
 // Accept upgrades an HTTP request to the tunnel's WebSocket.
 func Accept(w http.ResponseWriter, r *http.Request) (net.Conn, error) {
-	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	ws, err := AcceptWebSocket(w, r, Binary)
 	if err != nil {
 		return nil, fmt.Errorf("accept tunnel: %w", err)
 	}
-	return newConn(c), nil
-}
-
-// newConn turns a WebSocket into a byte stream. Reads have no message
-// size limit, since yamux frames the bytes itself.
-func newConn(c *websocket.Conn) net.Conn {
-	return &coalescingConn{Conn: websocket.NetConn(context.Background(), c, websocket.MessageBinary)}
+	return &coalescingConn{Conn: ws}, nil
 }
 
 // coalescingConn sends each yamux frame as one WebSocket message. yamux

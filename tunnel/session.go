@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"time"
 
@@ -57,11 +56,9 @@ func IsClosed(err error) bool {
 		errors.Is(err, yamux.ErrStreamClosed) || errors.Is(err, yamux.ErrConnectionReset) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
-func responseMessage(resp *http.Response) string {
-	if resp.Body == nil {
-		return ""
-	}
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+// bodyMessage is the message of a {"message": ...} error body, or the
+// body as text.
+func bodyMessage(b []byte) string {
 	var e struct {
 		Message string `json:"message"`
 	}

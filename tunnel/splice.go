@@ -29,7 +29,9 @@ func Splice(a, b net.Conn) (aToB, bToA int64) {
 		defer wg.Done()
 		buf := bufferPool.Get().(*[]byte)
 		defer bufferPool.Put(buf)
-		*n, _ = io.CopyBuffer(dst, src, *buf)
+		// Hide ReadFrom and WriteTo: for TCP they copy 32 KiB at a time,
+		// and every piece becomes a yamux and a WebSocket frame.
+		*n, _ = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *buf)
 		if cw, ok := dst.(closeWriter); ok {
 			if cw.CloseWrite() == nil {
 				return

@@ -25,7 +25,7 @@ import (
 // cluster is a controller on loopback (plain HTTP) and the means to run
 // workers against it.
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	c     *fleet.Controller
 	url   string
@@ -33,7 +33,13 @@ type cluster struct {
 	stop  func()
 }
 
-func newCluster(t *testing.T, dir string, offline time.Duration) *cluster {
+func newCluster(t testing.TB, dir string, offline time.Duration) *cluster {
+	return newClusterTLS(t, dir, offline, false)
+}
+
+// newClusterTLS is newCluster, serving TLS with a generated certificate
+// that the workers' token pins when withTLS is set.
+func newClusterTLS(t testing.TB, dir string, offline time.Duration, withTLS bool) *cluster {
 	t.Helper()
 	c, err := fleet.Open(fleet.Config{DataDir: dir, WorkerOfflineTimeout: offline, RestartDelay: 100 * time.Millisecond, HeartbeatInterval: time.Second})
 	if err != nil {
@@ -46,11 +52,23 @@ func newCluster(t *testing.T, dir string, offline time.Duration) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var cert *fleet.Certificate
+	scheme := "http://"
+	if withTLS {
+		generated, _, err := fleet.LoadOrCreateCertificate(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, scheme = &generated, "https://"
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{})
-	go func() { _ = c.Serve(ctx, ln, nil); close(served) }()
-	cl := &cluster{t: t, dir: dir, c: c, url: "http://" + ln.Addr().String(),
+	go func() { _ = c.Serve(ctx, ln, cert); close(served) }()
+	cl := &cluster{t: t, dir: dir, c: c, url: scheme + ln.Addr().String(),
 		token: v1.BootstrapToken{ServiceAccountName: fleet.BootstrapAdmin, ServiceAccountToken: "test-token"}}
+	if cert != nil {
+		cl.token.CertificatePEM = cert.PEM
+	}
 	var once sync.Once
 	cl.stop = func() { once.Do(func() { cancel(); <-served; c.Close() }) }
 	t.Cleanup(cl.stop)
@@ -59,9 +77,13 @@ func newCluster(t *testing.T, dir string, offline time.Duration) *cluster {
 
 // runWorker runs a worker with driver until the returned stop is called.
 func (cl *cluster) runWorker(name string, driver worker.Driver) (stop func()) {
+	return cl.runWorkerWith(name, driver, v1.Resources{v1.ResourceTartVMs: 4})
+}
+
+func (cl *cluster) runWorkerWith(name string, driver worker.Driver, res v1.Resources) (stop func()) {
 	cl.t.Helper()
 	w, err := worker.New(worker.Config{ControllerURL: cl.url, Token: cl.token, Name: name, MachineID: "m-" + name,
-		Resources: v1.Resources{v1.ResourceTartVMs: 4}, Driver: driver, BootTimeout: 20 * time.Second})
+		Resources: res, Driver: driver, BootTimeout: 20 * time.Second})
 	if err != nil {
 		cl.t.Fatal(err)
 	}
@@ -74,7 +96,7 @@ func (cl *cluster) runWorker(name string, driver worker.Driver) (stop func()) {
 	return stop
 }
 
-func localDriver(t *testing.T, dir string) *local.Driver {
+func localDriver(t testing.TB, dir string) *local.Driver {
 	t.Helper()
 	d, err := local.New(context.Background(), local.Options{Dir: dir})
 	if err != nil {
@@ -353,7 +375,7 @@ func waitLog(t *testing.T, cl *cluster, vm, want string) {
 }
 
 // waitUntil polls what the test can only observe from outside.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {

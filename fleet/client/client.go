@@ -17,9 +17,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coder/websocket"
-
 	v1 "github.com/orchardci/orchard/fleet/v1"
+	"github.com/orchardci/orchard/tunnel"
 )
 
 // Config says how to reach a controller.
@@ -184,11 +183,15 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 
 func readAPIError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return apiError(resp.StatusCode, b)
+}
+
+func apiError(status int, body []byte) error {
 	var e v1.Error
-	if json.Unmarshal(b, &e) != nil || e.Message == "" {
-		e.Message = strings.TrimSpace(string(b))
+	if json.Unmarshal(body, &e) != nil || e.Message == "" {
+		e.Message = strings.TrimSpace(string(body))
 	}
-	return &APIError{StatusCode: resp.StatusCode, Message: e.Message}
+	return &APIError{StatusCode: status, Message: e.Message}
 }
 
 // describeTransportError adds what to do to TLS failures.
@@ -377,19 +380,15 @@ func (c *Client) PortForward(ctx context.Context, name string, port uint16, wait
 	u := c.URL("/v1/vms/"+url.PathEscape(name)+"/port-forward") + "?" + url.Values{
 		"port": {strconv.Itoa(int(port))}, "wait": {strconv.Itoa(int(wait.Seconds()))},
 	}.Encode()
-	ws, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{
-		HTTPClient:      c.streams,
-		HTTPHeader:      c.AuthHeader(),
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	ws, err := tunnel.DialWebSocket(ctx, u, c.streams, c.AuthHeader())
 	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, readAPIError(resp)
+		var ue *tunnel.UpgradeError
+		if errors.As(err, &ue) {
+			return nil, apiError(ue.StatusCode, ue.Body)
 		}
 		return nil, fmt.Errorf("port-forward to %s:%d: %w", name, port, describeTransportError(err))
 	}
-	ws.SetReadLimit(-1)
-	return websocket.NetConn(context.Background(), ws, websocket.MessageBinary), nil
+	return ws, nil
 }
 
 // ListWorkers lists workers.
