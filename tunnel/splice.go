@@ -6,11 +6,17 @@ import (
 	"sync"
 )
 
-// copyBufferSize is large enough that a bulk transfer costs few syscalls
-// and few yamux frames per megabyte.
-const copyBufferSize = 256 << 10
+// Copy buffers: a connection starts with a small one and moves to a large
+// one while reads keep filling it. A bulk transfer then costs few
+// syscalls and few frames per megabyte, while an idle or interactive
+// connection (SSH, a quiet port-forward) ties up only the small one: a
+// read blocks holding its buffer, and hundreds of connections wait.
+const (
+	smallBuffer = 16 << 10
+	largeBuffer = 256 << 10
+)
 
-var bufferPool = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+var largeBuffers = sync.Pool{New: func() any { b := make([]byte, largeBuffer); return &b }}
 
 // closeWriter is a connection that can end its outgoing direction alone
 // (TCP, yamux streams, SSH channels).
@@ -27,11 +33,7 @@ func Splice(a, b net.Conn) (aToB, bToA int64) {
 	closeBoth := func() { once.Do(func() { a.Close(); b.Close() }) }
 	pump := func(dst, src net.Conn, n *int64) {
 		defer wg.Done()
-		buf := bufferPool.Get().(*[]byte)
-		defer bufferPool.Put(buf)
-		// Hide ReadFrom and WriteTo: for TCP they copy 32 KiB at a time,
-		// and every piece becomes a yamux and a WebSocket frame.
-		*n, _ = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *buf)
+		*n, _ = copyAdaptive(dst, src)
 		if cw, ok := dst.(closeWriter); ok {
 			if cw.CloseWrite() == nil {
 				return
@@ -45,4 +47,45 @@ func Splice(a, b net.Conn) (aToB, bToA int64) {
 	wg.Wait()
 	closeBoth()
 	return aToB, bToA
+}
+
+// copyAdaptive is io.Copy with the buffer policy above. It never uses
+// ReadFrom or WriteTo: for TCP they copy 32 KiB at a time, and every piece
+// would become a yamux and a WebSocket frame.
+func copyAdaptive(dst io.Writer, src io.Reader) (written int64, err error) {
+	small := make([]byte, smallBuffer)
+	buf := small
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			largeBuffers.Put(large)
+		}
+	}()
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			written += int64(w)
+			if werr != nil {
+				return written, werr
+			}
+			if w != n {
+				return written, io.ErrShortWrite
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return written, nil
+			}
+			return written, rerr
+		}
+		switch {
+		case large == nil && n == len(buf):
+			large = largeBuffers.Get().(*[]byte)
+			buf = *large
+		case large != nil && n < smallBuffer:
+			largeBuffers.Put(large)
+			large, buf = nil, small
+		}
+	}
 }
