@@ -67,7 +67,7 @@ const (
 type WebSocket struct {
 	raw    io.ReadWriteCloser
 	netc   net.Conn // raw as a net.Conn, when it is one: deadlines, addresses
-	br     *bufio.Reader
+	br     io.Reader
 	client bool // we mask our frames, and expect unmasked ones
 	dataOp byte
 
@@ -98,8 +98,63 @@ func newWebSocket(raw io.ReadWriteCloser, buffered *bufio.Reader, client bool, t
 		peek, _ := buffered.Peek(buffered.Buffered())
 		src = io.MultiReader(bytes.NewReader(bytes.Clone(peek)), raw)
 	}
-	ws.br = bufio.NewReaderSize(src, wsBufferSize)
+	ws.br = &growingReader{src: src, buf: make([]byte, minReadBuffer)}
 	return ws
+}
+
+// Read buffer sizes: an idle connection (a worker's tunnel between
+// heartbeats) keeps a small buffer; a busy one grows it, so that a bulk
+// transfer reads 256 KiB per syscall.
+const minReadBuffer = 16 << 10
+
+// growingReader is a read buffer that doubles (up to wsBufferSize) while
+// every fill fills it, and drops back once fills stay small.
+type growingReader struct {
+	src   io.Reader
+	buf   []byte
+	r, w  int
+	small int // consecutive fills under an eighth of the buffer
+}
+
+func (g *growingReader) Read(p []byte) (int, error) {
+	if g.r == g.w {
+		if err := g.fill(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, g.buf[g.r:g.w])
+	g.r += n
+	return n, nil
+}
+
+func (g *growingReader) fill() error {
+	g.r, g.w = 0, 0
+	n, err := g.src.Read(g.buf)
+	g.w = n
+	switch {
+	case n == len(g.buf) && len(g.buf) < wsBufferSize:
+		// Full: the next fill gets twice the room. The data read stays
+		// where it is until consumed.
+		next := make([]byte, min(2*len(g.buf), wsBufferSize))
+		g.w = copy(next, g.buf[:n])
+		g.buf = next
+		g.small = 0
+	case n < len(g.buf)/8 && len(g.buf) > minReadBuffer:
+		if g.small++; g.small >= 16 {
+			next := make([]byte, minReadBuffer)
+			g.w = copy(next, g.buf[:n])
+			g.buf, g.small = next, 0
+		}
+	default:
+		g.small = 0
+	}
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
 }
 
 // CloseError is a close frame with a status other than normal, received
@@ -299,8 +354,10 @@ func (ws *WebSocket) writeFrame(op byte, payload []byte) error {
 	h[1] |= 0x80
 	copy(h[n:], key[:])
 	n += 4
-	if ws.wbuf == nil {
-		ws.wbuf = make([]byte, 0, wsBufferSize)
+	if need := min(n+len(payload), wsBufferSize); cap(ws.wbuf) < need {
+		// Sized to what is sent: heartbeats keep it small; a bulk transfer
+		// grows it once to the full size.
+		ws.wbuf = make([]byte, 0, max(need, 4<<10))
 	}
 	// Mask into the buffer a piece at a time; the header goes with the
 	// first piece, so a frame up to the buffer's size is one syscall.

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -182,7 +181,7 @@ func serverSide(raw []byte) *WebSocket {
 	a, b := net.Pipe()
 	go func() { _, _ = io.Copy(io.Discard, b) }() // swallow what the server writes (pongs, closes)
 	ws := newWebSocket(a, nil, false, Binary)
-	ws.br = bufio.NewReader(bytes.NewReader(raw))
+	ws.br = &growingReader{src: bytes.NewReader(raw), buf: make([]byte, minReadBuffer)}
 	return ws
 }
 
