@@ -184,22 +184,31 @@ func (c *candidate) takes(vm *v1.VM, d demand) bool {
 	return true
 }
 
-// rejects says why c cannot take vm, "" when it can.
-func (c *candidate) rejects(vm *v1.VM) string {
+// reason is why a worker turns a VM down, phrased for one worker and for
+// several: "1 worker lacks label gpu=true", "3 workers lack label gpu=true".
+type reason struct{ one, many string }
+
+func because(format string, args ...any) reason {
+	verbs := strings.NewReplacer("{is}", "is", "{lacks}", "lacks", "{has}", "has", "{runs}", "runs")
+	plurals := strings.NewReplacer("{is}", "are", "{lacks}", "lack", "{has}", "have", "{runs}", "run")
+	s := fmt.Sprintf(format, args...)
+	return reason{verbs.Replace(s), plurals.Replace(s)}
+}
+
+// rejects says why c cannot take vm; takes says whether it can.
+func (c *candidate) rejects(vm *v1.VM) reason {
 	if c.skip != "" {
-		return c.skip
+		return because("{is} %s", c.skip)
 	}
 	// A local-driver worker stands in for any platform.
 	if c.w.Driver != v1.DriverLocal && (c.w.Arch != vm.Arch || c.w.Runtime != vm.Runtime) {
-		return fmt.Sprintf("run %s/%s, not %s/%s", orUnknown(string(c.w.Arch)), orUnknown(string(c.w.Runtime)), vm.Arch, vm.Runtime)
+		return because("{runs} %s/%s, not %s/%s", orUnknown(string(c.w.Arch)), orUnknown(string(c.w.Runtime)), vm.Arch, vm.Runtime)
 	}
 	if missing, ok := c.w.Labels.Contains(vm.Labels); !ok {
-		return "lack label " + missing
+		return because("{lacks} label %s", missing)
 	}
-	if missing, ok := c.free.Fits(vm.Resources); !ok {
-		return fmt.Sprintf("have too little %s free (the VM needs %d)", missing, vm.Resources[missing])
-	}
-	return ""
+	missing, _ := c.free.Fits(vm.Resources)
+	return because("{has} too little %s free (the VM needs %d)", missing, vm.Resources[missing])
 }
 
 func orUnknown(s string) string {
@@ -211,48 +220,36 @@ func orUnknown(s string) string {
 
 // rejections counts why workers turned a VM down.
 type rejections struct {
-	order  []string
-	counts map[string]int
+	order  []reason
+	counts map[reason]int
 }
 
-func (r *rejections) add(reason string) {
+func (r *rejections) add(why reason) {
 	if r.counts == nil {
-		r.counts = map[string]int{}
+		r.counts = map[reason]int{}
 	}
-	if r.counts[reason] == 0 {
-		r.order = append(r.order, reason)
+	if r.counts[why] == 0 {
+		r.order = append(r.order, why)
 	}
-	r.counts[reason]++
+	r.counts[why]++
 }
 
 // message explains, in the VM's status_message, why it waits:
-// "no worker can run this VM: 2 workers are offline, 1 lacks label gpu=true".
+// "waiting for a worker that fits: 2 workers are offline, 1 worker lacks
+// label gpu=true".
 func (r *rejections) message(workers int) string {
 	if workers == 0 {
 		return "waiting for a worker: none is registered"
 	}
 	parts := make([]string, 0, len(r.order))
-	for _, reason := range r.order {
-		n := r.counts[reason]
-		switch reason {
-		case "offline", "paused":
-			verb := "are"
-			if n == 1 {
-				verb = "is"
-			}
-			parts = append(parts, fmt.Sprintf("%d %s %s", n, plural(n, "worker"), verb+" "+reason))
-		default:
-			parts = append(parts, fmt.Sprintf("%d %s %s", n, plural(n, "worker"), reason))
+	for _, why := range r.order {
+		if n := r.counts[why]; n == 1 {
+			parts = append(parts, "1 worker "+why.one)
+		} else {
+			parts = append(parts, fmt.Sprintf("%d workers %s", n, why.many))
 		}
 	}
 	return "waiting for a worker that fits: " + strings.Join(parts, ", ")
-}
-
-func plural(n int, word string) string {
-	if n == 1 {
-		return word
-	}
-	return word + "s"
 }
 
 // maxPlacementsPerCommit bounds one scheduling transaction.

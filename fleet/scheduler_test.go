@@ -63,7 +63,7 @@ func TestPlan(t *testing.T) {
 			vms:     []*v1.VM{pendingVM("young", 1), pendingVM("old", 3), pendingVM("middle", 2)},
 			workers: []*v1.Worker{worker("a")},
 			want:    map[string]string{"old": "a", "middle": "a"},
-			why:     map[string]string{"young": "1 worker have too little org.cirruslabs.tart-vms free"},
+			why:     map[string]string{"young": "1 worker has too little org.cirruslabs.tart-vms free"},
 		},
 		{
 			name:    "failed and stopped VMs give their slot back",
@@ -95,7 +95,7 @@ func TestPlan(t *testing.T) {
 			workers:   []*v1.Worker{worker("off"), worker("paused", func(w *v1.Worker) { w.SchedulingPaused = true }), worker("nolabel"), worker("lin", func(w *v1.Worker) { w.Arch = v1.ArchAMD64 })},
 			connected: func(name string) bool { return name != "off" },
 			want:      map[string]string{},
-			why:       map[string]string{"p": "1 worker is offline, 1 worker is paused, 1 worker lack label k=v, 1 worker run amd64/tart, not arm64/tart"},
+			why:       map[string]string{"p": "1 worker is offline, 1 worker is paused, 1 worker lacks label k=v, 1 worker runs amd64/tart, not arm64/tart"},
 		},
 		{
 			name: "no workers at all",
