@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	v1 "github.com/orchardci/orchard/fleet/v1"
 )
