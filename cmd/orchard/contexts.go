@@ -46,8 +46,10 @@ self-signed, its SHA-256 fingerprint is shown and, once you confirm it (or pass 
 				if err != nil {
 					return err
 				}
-				if len(t.CertificatePEM) == 0 && strings.HasPrefix(args[0], "https") == false && !strings.Contains(args[0], "://") {
-					url = "http" + strings.TrimPrefix(url, "https")
+				// A token without a certificate comes from a controller run
+				// with --insecure-no-tls: a URL without a scheme means http.
+				if len(t.CertificatePEM) == 0 && !strings.Contains(args[0], "://") {
+					url = "http://" + strings.TrimPrefix(url, "https://")
 				}
 				ctx = client.ContextFromToken(url, t)
 			case saName != "" && saToken != "":

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
+
 	"github.com/orchardci/orchard/fleet/client"
 	v1 "github.com/orchardci/orchard/fleet/v1"
 )
@@ -267,6 +269,32 @@ func TestDevEndToEnd(t *testing.T) {
 	if !strings.Contains(logs, "hello-from-startup\nsecond line") {
 		t.Errorf("logs = %q", logs)
 	}
+	if tail := h.must("vms", "logs", "demo", "--tail", "1"); !strings.HasSuffix(tail, "second line\n") || strings.Contains(tail, "hello-from-startup") {
+		t.Errorf("logs --tail 1 = %q", tail)
+	}
+	follow := h.start("vms", "logs", "demo", "--follow")
+	follow.waitLine(t, `^second line$`)
+
+	// vnc forwards port 5900: stand a service there.
+	h.must("vms", "ssh", "demo", "--", fmt.Sprintf("ORCHARD_E2E_ECHO_ADDR=%s:5900 nohup %s -test.run=^$ %s >/dev/null 2>&1 &", ip, os.Args[0], marker))
+	vnc := h.start("vms", "vnc", "demo", "--no-open")
+	vncAddr := vnc.waitLine(t, `vnc://admin:admin@(127\.0\.0\.1:\d+)`)[1]
+	vc, err := net.Dial("tcp", vncAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = vc.Write([]byte("RFB?"))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(vc, buf); err != nil || string(buf) != "RFB?" {
+		t.Errorf("through vnc's forward: %q, %v", buf, err)
+	}
+	vc.Close()
+	vnc.stop(t)
+
+	// An interactive session on a terminal.
+	if code, out := interactiveSSH(t, h, "demo", "echo interactive-$((6*7))\nexit 3\n"); code != 3 || !strings.Contains(out, "interactive-42") {
+		t.Errorf("interactive ssh: exit %d, output %q", code, out)
+	}
 	var list []v1.VM
 	if err := json.Unmarshal([]byte(h.must("vms", "list", "-o", "json")), &list); err != nil || len(list) != 1 || list[0].Status != v1.VMStatusRunning {
 		t.Errorf("vms list -o json: %v, %v", list, err)
@@ -276,6 +304,14 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 
 	h.must("vms", "delete", "demo")
+	select {
+	case <-follow.done:
+		if code := follow.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("logs --follow exited %d when the VM was deleted:\n%s", code, follow.out())
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("logs --follow did not end when the VM was deleted")
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for len(processesWith(t, marker)) > 0 {
 		if time.Now().After(deadline) {
@@ -299,6 +335,35 @@ func TestDevEndToEnd(t *testing.T) {
 	if left := processesWith(t, orchardBin+"\x00dev"); len(left) > 0 {
 		t.Errorf("orchard dev still runs: %v", left)
 	}
+}
+
+// interactiveSSH runs `orchard vms ssh NAME` on a pseudo-terminal, types
+// input, and returns the exit status and what the terminal showed.
+func interactiveSSH(t *testing.T, h *home, name, input string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(orchardBin, "vms", "ssh", name)
+	cmd.Env = append(h.env, "TERM=xterm")
+	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tty.Close()
+	var out bytes.Buffer
+	read := make(chan struct{})
+	go func() { _, _ = io.Copy(&out, tty); close(read) }()
+	time.Sleep(500 * time.Millisecond) // let the shell start
+	_, _ = tty.Write([]byte(input))
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("interactive ssh did not end")
+	}
+	tty.Close()
+	<-read
+	return cmd.ProcessState.ExitCode(), out.String()
 }
 
 func vmIP(t *testing.T, h *home) string { return vmIPOf(t, h, "demo") }
