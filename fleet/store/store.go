@@ -29,8 +29,8 @@ const (
 	keyRevision   = "meta/revision"
 )
 
-// ErrNotFound is returned by reads of objects that do not exist.
-var ErrNotFound = errors.New("not found")
+// errStoreClosed is why a closed store refuses writes.
+var errStoreClosed = errors.New("store is closed")
 
 // Options tune Open.
 type Options struct {
@@ -54,7 +54,12 @@ type Store struct {
 	accounts map[string]*v1.ServiceAccount
 	settings v1.ClusterSettings
 	rev      uint64
-	broken   error // set once a commit failed; every later write fails
+
+	// errMu guards broken, set once a commit failed (or the store closed):
+	// every later write fails. It is apart from mu because commit
+	// callbacks set it, and one may run while a writer holds mu.
+	errMu  sync.Mutex
+	broken error
 
 	publisher publisher
 	cleanup   sync.WaitGroup // background event deletions
@@ -112,11 +117,7 @@ func Open(dir string, opts Options) (*Store, error) {
 // Close waits for background work and closes the database. Writes after
 // Close fail.
 func (s *Store) Close() error {
-	s.mu.Lock()
-	if s.broken == nil {
-		s.broken = errors.New("store is closed")
-	}
-	s.mu.Unlock()
+	s.fail(errStoreClosed)
 	select {
 	case <-s.closed:
 	default:
@@ -129,8 +130,8 @@ func (s *Store) Close() error {
 
 // Err reports why the store refuses writes, or nil when it is healthy.
 func (s *Store) Err() error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
 	return s.broken
 }
 

@@ -35,8 +35,7 @@ type stagedEvents struct {
 // and Update returns that error.
 func (s *Store) Update(fn func(tx *Tx) error) error {
 	s.mu.Lock()
-	if s.broken != nil {
-		err := s.broken
+	if err := s.Err(); err != nil {
 		s.mu.Unlock()
 		return fmt.Errorf("store refuses writes: %w", err)
 	}
@@ -75,12 +74,15 @@ func (s *Store) Update(fn func(tx *Tx) error) error {
 	return nil
 }
 
+// fail makes the store refuse writes from now on.
 func (s *Store) fail(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
 	if s.broken == nil {
 		s.broken = err
-		s.logger.Error("store commit failed; refusing further writes", "err", err)
+		if err != errStoreClosed {
+			s.logger.Error("store commit failed; refusing further writes", "err", err)
+		}
 	}
 }
 
