@@ -89,7 +89,7 @@ func (c *Controller) CreateServiceAccount(ctx context.Context, sa *v1.ServiceAcc
 		tx.PutServiceAccount(sa)
 		return nil
 	})
-	return sa, err
+	return sa.Clone(), err
 }
 
 // UpdateServiceAccount replaces the token and roles of the account named
@@ -109,7 +109,7 @@ func (c *Controller) UpdateServiceAccount(ctx context.Context, name string, sa *
 		}
 		cur.Token, cur.Roles = sa.Token, slices.Clone(sa.Roles)
 		tx.PutServiceAccount(cur)
-		out = cur
+		out = cur.Clone()
 		return nil
 	})
 	return out, err

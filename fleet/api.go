@@ -109,6 +109,14 @@ func (c *Controller) Handler() http.Handler {
 
 type accountKey struct{}
 
+// accountOf is the name of the service account that made r.
+func accountOf(r *http.Request) string {
+	if sa, ok := r.Context().Value(accountKey{}).(*v1.ServiceAccount); ok {
+		return sa.Name
+	}
+	return ""
+}
+
 func (c *Controller) serveRoute(rt route) http.Handler {
 	label := rt.method + " " + rt.path
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -504,7 +512,7 @@ func (c *Controller) getEvents(w http.ResponseWriter, r *http.Request) error {
 // logs --follow` uses it.
 func (c *Controller) followEvents(w http.ResponseWriter, r *http.Request, name, cursor string) error {
 	sub := c.store.Subscribe()
-	defer sub.Close()
+	defer func() { sub.Close() }() // sub may be replaced below
 	vm, err := c.VM(name)
 	if err != nil {
 		return err

@@ -99,6 +99,8 @@ func TestCreateVMRejects(t *testing.T) {
 		{"host dir without policy", `{"name":"a","image":"i","hostDirs":[{"name":"src","path":"/src"}]}`, 400, "not allowed"},
 		{"exists", `{"name":"taken","image":"i"}`, 409, "already exists"},
 		{"too large", big, 413, "larger than"},
+		// 400 KB of '<' is 2.4 MB as stored JSON (\u003c): over a VM's limit.
+		{"VM too large", `{"name":"huge","image":"i","startup_script":{"script_content":"` + strings.Repeat("<", 400<<10) + `"}}`, 413, "over the"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

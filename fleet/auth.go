@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"net/http"
 	"slices"
@@ -36,7 +37,11 @@ func (c *Controller) authenticate(r *http.Request) (*v1.ServiceAccount, *Error) 
 	if found {
 		want = sa.Token
 	}
-	if subtle.ConstantTimeCompare([]byte(token), []byte(want)) != 1 || !found {
+	// Compare digests: ConstantTimeCompare returns early on a length
+	// mismatch, which would tell a token's length, and whether the account
+	// exists.
+	got, expected := sha256.Sum256([]byte(token)), sha256.Sum256([]byte(want))
+	if subtle.ConstantTimeCompare(got[:], expected[:]) != 1 || !found {
 		return nil, errorf(http.StatusUnauthorized, "invalid service account name or token")
 	}
 	return sa, nil

@@ -212,6 +212,15 @@ func (c *Controller) route(changes []store.Change) {
 			}
 		case store.KindSettings:
 			scheduler = true
+		case store.KindServiceAccount:
+			// A deleted account, or a new token or roles: tunnels opened
+			// with the old credentials end; workers that still hold valid
+			// ones reconnect.
+			for _, s := range c.sessions {
+				if s.account == ch.Name {
+					go s.closeWithError("the service account this worker connected with changed")
+				}
+			}
 		}
 	}
 	if scheduler {

@@ -113,7 +113,9 @@ func (c *Controller) request(ctx context.Context, vm *v1.VM, req tunnel.Request)
 		deadline = d
 	}
 	_ = st.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { st.Close() })
+	// yamux's Close only half-closes: the deadline is what ends a read in
+	// progress.
+	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Now()); st.Close() })
 	defer stop()
 	if err := tunnel.WriteRequest(st, req); err != nil {
 		st.Close()

@@ -80,31 +80,32 @@ func (c *Controller) checkHealth(now time.Time) (next time.Time) {
 		return next
 	}
 
-	err := c.store.Update(func(tx *store.Tx) error {
-		for _, f := range failures {
+	err := c.updateEach(len(failures)+len(restarts), func(tx *store.Tx, i int) {
+		if i < len(failures) {
+			f := failures[i]
 			vm, ok := tx.VM(f.name)
 			if !ok || vm.UID != f.uid || vm.Status == v1.VMStatusFailed {
-				continue
+				return
 			}
 			vm.Status = v1.VMStatusFailed
 			vm.StatusMessage = f.reason
 			vm.SetCondition(v1.ConditionRunning, false)
 			tx.PutVM(vm)
 			c.logger.Info("VM failed", "vm", vm.Name, "worker", vm.Worker, "reason", f.reason)
+			return
 		}
-		for _, name := range restarts {
-			vm, ok := tx.VM(name)
-			if !ok || vm.Status != v1.VMStatusFailed || vm.RestartPolicy != v1.RestartPolicyOnFailure {
-				continue
-			}
-			restart(vm, now)
-			tx.PutVM(vm)
-			c.logger.Info("VM restarted", "vm", vm.Name, "restart_count", vm.RestartCount)
+		vm, ok := tx.VM(restarts[i-len(failures)])
+		if !ok || vm.Status != v1.VMStatusFailed || vm.RestartPolicy != v1.RestartPolicyOnFailure {
+			return
 		}
-		return nil
+		restart(vm, now)
+		tx.PutVM(vm)
+		c.logger.Info("VM restarted", "vm", vm.Name, "restart_count", vm.RestartCount)
 	})
 	if err != nil {
+		// Look again soon: what could not be written is still due.
 		c.logger.Error("record VM health", "err", err)
+		soonest(now.Add(time.Second))
 	}
 	c.metrics.restarts.Add(float64(len(restarts)))
 	return next

@@ -3,12 +3,15 @@ package fleet_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/orchardci/orchard/fleet"
+	"github.com/orchardci/orchard/fleet/client"
 	v1 "github.com/orchardci/orchard/fleet/v1"
 	"github.com/orchardci/orchard/tunnel"
 )
@@ -135,6 +138,18 @@ func TestWorkerAdmission(t *testing.T) {
 		}
 		return err
 	}
+	// A name belongs to the account that first connected with it.
+	other, err := e.admin.CreateServiceAccount(t.Context(), &v1.ServiceAccount{Roles: []v1.Role{v1.RoleComputeRead, v1.RoleComputeWrite}, Meta: v1.Meta{Name: "other"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.client("other", other.Token, nil)
+	h := c.AuthHeader()
+	h.Set(fleet.MachineIDHeader, "one")
+	if _, err := tunnel.Dial(context.Background(), c.URL("/v1/workers/w1/tunnel"), c.StreamHTTPClient(), h); !errors.As(err, &de) ||
+		de.StatusCode != http.StatusConflict || !strings.Contains(de.Message, "another service account") {
+		t.Errorf("another account taking over w1: %v, want 409", err)
+	}
 	if err := dial(fleet.BootstrapAdmin, "forged"); !errors.As(err, &de) || de.StatusCode != http.StatusUnauthorized {
 		t.Errorf("wrong token: %v, want 401", err)
 	}
@@ -175,4 +190,98 @@ func TestWorkerPauseResume(t *testing.T) {
 	if err != nil || time.Since(got.LastSeen) > time.Minute || got.Driver != v1.DriverLocal {
 		t.Errorf("worker = %+v, %v", got, err)
 	}
+}
+
+func TestDeletedAccountEndsItsTunnels(t *testing.T) {
+	e := newEnv(t)
+	sa, err := e.admin.CreateServiceAccount(t.Context(), &v1.ServiceAccount{Roles: []v1.Role{v1.RoleComputeRead, v1.RoleComputeWrite}, Meta: v1.Meta{Name: "wk"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.client("wk", sa.Token, nil)
+	h := c.AuthHeader()
+	h.Set(fleet.MachineIDHeader, "m")
+	conn, err := tunnel.Dial(context.Background(), c.URL("/v1/workers/w1/tunnel"), c.StreamHTTPClient(), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux, _ := tunnel.NewWorker(conn)
+	defer mux.Close()
+	control, _ := tunnel.OpenStream(mux)
+	_ = tunnel.WriteMessage(control, &tunnel.Message{Type: tunnel.TypeHello, Hello: &tunnel.Hello{Protocol: 1, Name: "w1", MachineID: "m", Driver: v1.DriverLocal}})
+	if m, err := tunnel.ReadMessage(control); err != nil || m.Type != tunnel.TypeWelcome {
+		t.Fatalf("welcome: %+v %v", m, err)
+	}
+	if err := e.admin.DeleteServiceAccount(t.Context(), "wk"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-mux.CloseChan():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a tunnel outlived the account it was opened with")
+	}
+}
+
+func TestShutdownEndsWatches(t *testing.T) {
+	dir := t.TempDir()
+	c, err := fleet.Open(fleet.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _, _ = c.EnsureBootstrapAdmin(context.Background(), "tok")
+	if _, err := c.CreateVM(context.Background(), &v1.VM{Image: "i", Meta: v1.Meta{Name: "vm"}}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- c.Serve(ctx, ln, nil) }()
+	api, _ := client.New(client.Config{URL: "http://" + ln.Addr().String(), ServiceAccountName: fleet.BootstrapAdmin, ServiceAccountToken: "tok"})
+	watching := make(chan struct{})
+	go func() {
+		_ = api.WatchVM(context.Background(), "vm", func(v1.WatchEvent) bool { close(watching); return false })
+	}()
+	<-watching
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve with an open watch returned %v, want a clean stop", err)
+		}
+		if time.Since(start) > 4*time.Second {
+			t.Error("an open watch held the shutdown up to its deadline")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+}
+
+// TestLargeBatchesAreSplit: hundreds of VMs with big startup scripts are
+// more than one store transaction holds; placing them must still work.
+func TestLargeBatchesAreSplit(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.connectWorker("w1", workerOptions{resources: v1.Resources{v1.ResourceTartVMs: 1000}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.admin.SetWorkerPaused(t.Context(), "w1", true); err != nil {
+		t.Fatal(err)
+	}
+	script := strings.Repeat("echo some setup step\n", 1000) // ~21 KB
+	for i := range 300 {
+		if _, err := e.c.CreateVM(t.Context(), &v1.VM{Image: "i", StartupScript: &v1.VMScript{ScriptContent: script}, Meta: v1.Meta{Name: fmt.Sprintf("vm%03d", i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Resuming makes all 300 placeable in one scheduling pass: ~6 MB.
+	if _, err := e.admin.SetWorkerPaused(t.Context(), "w1", false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "300 large VMs placed and running", func() bool {
+		return len(e.c.VMs(func(vm *v1.VM) bool { return vm.Status == v1.VMStatusRunning })) == 300
+	})
 }

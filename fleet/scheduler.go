@@ -252,9 +252,6 @@ func (r *rejections) message(workers int) string {
 	return "waiting for a worker that fits: " + strings.Join(parts, ", ")
 }
 
-// maxPlacementsPerCommit bounds one scheduling transaction.
-const maxPlacementsPerCommit = 500
-
 // schedule runs one pass: plan from a snapshot, then commit the placements
 // in transactions that re-check each VM and worker, so that a VM deleted
 // or changed meanwhile, or a worker paused, is left for the next pass.
@@ -273,56 +270,46 @@ func (c *Controller) schedule() {
 	c.mu.Unlock()
 	placements, reasons := plan(vms, workers, func(name string) bool { return online[name] }, c.store.Settings().Profile())
 
-	for chunk := range slices.Chunk(placements, maxPlacementsPerCommit) {
-		var placed []*v1.VM
-		err := c.store.Update(func(tx *store.Tx) error {
-			placed = placed[:0]
-			now := time.Now().UTC()
-			for _, p := range chunk {
-				vm, ok := tx.VM(p.vm.Name)
-				if !ok || vm.UID != p.vm.UID || vm.RestartCount != p.vm.RestartCount || !unplaced(vm) {
-					continue
-				}
-				w, ok := tx.Worker(p.worker.Name)
-				if !ok || w.Version != p.worker.Version || w.SchedulingPaused {
-					continue
-				}
-				vm.Worker = w.Name
-				vm.ScheduledAt = now
-				vm.StatusMessage = ""
-				vm.SetCondition(v1.ConditionScheduled, true)
-				vm.AssignedCPU = firstNonZero(vm.CPU, w.DefaultCPU, DefaultCPU)
-				vm.AssignedMemory = firstNonZero(vm.Memory, w.DefaultMemory, DefaultMemory)
-				tx.PutVM(vm)
-				placed = append(placed, vm)
-			}
-			return nil
-		})
-		if err != nil {
-			c.logger.Error("commit VM placements", "err", err)
+	now := time.Now().UTC()
+	err := c.updateEach(len(placements), func(tx *store.Tx, i int) {
+		p := placements[i]
+		vm, ok := tx.VM(p.vm.Name)
+		if !ok || vm.UID != p.vm.UID || vm.RestartCount != p.vm.RestartCount || !unplaced(vm) {
 			return
 		}
-		for _, vm := range placed {
-			c.metrics.schedulingLatency.Observe(vm.ScheduledAt.Sub(queuedAt(vm)).Seconds())
+		w, ok := tx.Worker(p.worker.Name)
+		if !ok || w.Version != p.worker.Version || w.SchedulingPaused {
+			return
 		}
-		c.metrics.placements.Add(float64(len(placed)))
+		vm.Worker = w.Name
+		vm.ScheduledAt = now
+		vm.StatusMessage = ""
+		vm.SetCondition(v1.ConditionScheduled, true)
+		vm.AssignedCPU = firstNonZero(vm.CPU, w.DefaultCPU, DefaultCPU)
+		vm.AssignedMemory = firstNonZero(vm.Memory, w.DefaultMemory, DefaultMemory)
+		tx.PutVM(vm)
+	})
+	if err != nil {
+		c.logger.Error("commit VM placements", "err", err)
+	}
+	for _, p := range placements {
+		if vm, ok := c.store.VM(p.vm.Name); ok && vm.UID == p.vm.UID && vm.Worker == p.worker.Name && vm.ScheduledAt.Equal(now) {
+			c.metrics.placements.Inc()
+			c.metrics.schedulingLatency.Observe(now.Sub(queuedAt(vm)).Seconds())
+		}
 	}
 
-	if len(reasons) > 0 {
-		err := c.store.Update(func(tx *store.Tx) error {
-			for name, why := range reasons {
-				vm, ok := tx.VM(name)
-				if !ok || !unplaced(vm) || vm.StatusMessage == why {
-					continue
-				}
-				vm.StatusMessage = why
-				tx.PutVM(vm)
-			}
-			return nil
-		})
-		if err != nil {
-			c.logger.Error("record why VMs wait", "err", err)
+	names := slices.Sorted(maps.Keys(reasons))
+	err = c.updateEach(len(names), func(tx *store.Tx, i int) {
+		vm, ok := tx.VM(names[i])
+		if !ok || !unplaced(vm) || vm.StatusMessage == reasons[names[i]] {
+			return
 		}
+		vm.StatusMessage = reasons[names[i]]
+		tx.PutVM(vm)
+	})
+	if err != nil {
+		c.logger.Error("record why VMs wait", "err", err)
 	}
 	c.metrics.schedulerPass.Observe(time.Since(start).Seconds())
 }

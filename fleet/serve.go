@@ -13,11 +13,15 @@ import (
 // nil. On shutdown it lets requests in flight finish for a few seconds;
 // tunnels and port-forwards end with the controller's Close.
 func (c *Controller) Serve(ctx context.Context, ln net.Listener, cert *Certificate) error {
+	// Requests live in a context that ends when shutdown begins, so that
+	// watches and followed logs end too instead of holding Shutdown up.
+	base, stopRequests := context.WithCancel(context.Background())
+	defer stopRequests()
 	srv := &http.Server{
 		Handler:           c.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          nil,
+		BaseContext:       func(net.Listener) context.Context { return base },
 	}
 	if cert != nil {
 		srv.TLSConfig = &tls.Config{
@@ -34,6 +38,7 @@ func (c *Controller) Serve(ctx context.Context, ln net.Listener, cert *Certifica
 		return err
 	case <-ctx.Done():
 	}
+	stopRequests()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := srv.Shutdown(shutdownCtx)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -29,6 +30,7 @@ const reasonLostTrack = "the worker lost track of the VM: its instance is gone (
 type session struct {
 	c         *Controller
 	name      string
+	account   string // the service account the worker authenticated as
 	machineID string
 	mux       *yamux.Session
 	control   tunnel.Stream
@@ -62,9 +64,12 @@ func (c *Controller) serveTunnel(w http.ResponseWriter, r *http.Request, name st
 		writeError(w, errorf(http.StatusBadRequest, "the %s header is missing", MachineIDHeader))
 		return
 	}
-	if existing, ok := c.store.Worker(name); ok && existing.MachineID != "" && existing.MachineID != machineID {
-		writeError(w, machineIDConflict(name))
-		return
+	account := accountOf(r)
+	if existing, ok := c.store.Worker(name); ok {
+		if err := admits(existing, account, machineID); err != nil {
+			writeError(w, err)
+			return
+		}
 	}
 	conn, err := tunnel.Accept(w, r)
 	if err != nil {
@@ -77,7 +82,7 @@ func (c *Controller) serveTunnel(w http.ResponseWriter, r *http.Request, name st
 		return
 	}
 	s := &session{
-		c: c, name: name, machineID: machineID, mux: mux,
+		c: c, name: name, account: account, machineID: machineID, mux: mux,
 		logger:  c.logger.With("worker", name),
 		pending: map[string]store.Change{},
 		wake:    make(chan struct{}, 1),
@@ -87,8 +92,17 @@ func (c *Controller) serveTunnel(w http.ResponseWriter, r *http.Request, name st
 	s.run()
 }
 
-func machineIDConflict(name string) *Error {
-	return errorf(http.StatusConflict, "a worker named %q with another machine id is registered; delete it first or pick another name", name)
+// admits refuses a worker name already taken by another machine, or by
+// another service account: a name belongs to the first that connected
+// with it, until the worker is deleted.
+func admits(existing *v1.Worker, account, machineID string) *Error {
+	if existing.MachineID != "" && existing.MachineID != machineID {
+		return errorf(http.StatusConflict, "a worker named %q with another machine id is registered; delete it first or pick another name", existing.Name)
+	}
+	if existing.ServiceAccount != "" && existing.ServiceAccount != account {
+		return errorf(http.StatusConflict, "worker %q belongs to another service account; delete it first or pick another name", existing.Name)
+	}
+	return nil
 }
 
 func (s *session) run() {
@@ -161,13 +175,15 @@ func (s *session) register(h *tunnel.Hello) error {
 	now := time.Now().UTC()
 	err := s.c.store.Update(func(tx *store.Tx) error {
 		w, exists := tx.Worker(s.name)
-		if exists && w.MachineID != "" && w.MachineID != s.machineID {
-			return machineIDConflict(s.name)
-		}
-		if !exists {
+		if exists {
+			if err := admits(w, s.account, s.machineID); err != nil {
+				return err
+			}
+		} else {
 			w = &v1.Worker{Meta: v1.Meta{Name: s.name, CreatedAt: now}}
 		}
 		w.MachineID = s.machineID
+		w.ServiceAccount = s.account
 		w.LastSeen = now
 		w.Resources, w.Labels = h.Resources, h.Labels
 		w.DefaultCPU, w.DefaultMemory = h.DefaultCPU, h.DefaultMemory
@@ -199,7 +215,8 @@ func (s *session) register(h *tunnel.Hello) error {
 	delete(s.c.lastSeen, s.name)
 	s.c.mu.Unlock()
 	if old != nil {
-		old.closeWithError("replaced by a newer connection of the same worker")
+		// The old tunnel may be wedged: do not hold up the new one for it.
+		go old.closeWithError("replaced by a newer connection of the same worker")
 	}
 	s.c.metrics.sessions.Inc()
 	kick(s.c.kickScheduler)
@@ -270,27 +287,52 @@ func (s *session) writeLoop() {
 		if full {
 			vms, rev := s.c.store.VMsAt(func(vm *v1.VM) bool { return vm.Worker == s.name })
 			s.floor = rev
-			if s.send(&tunnel.Message{Type: tunnel.TypeVMSet, VMSet: &tunnel.VMSet{Full: true, VMs: vms}}) != nil {
+			if s.sendFull(vms) != nil {
 				return
 			}
 		}
-		var set tunnel.VMSet
+		var upserts []*v1.VM
+		var deleted []string
 		for name, ch := range pending {
 			if ch.Rev <= s.floor {
 				continue
 			}
 			if ch.VM != nil && ch.VM.Worker == s.name {
-				set.VMs = append(set.VMs, ch.VM)
+				upserts = append(upserts, ch.VM)
 			} else {
-				set.Deleted = append(set.Deleted, name)
+				deleted = append(deleted, name)
 			}
 		}
-		if len(set.VMs)+len(set.Deleted) > 0 {
-			if s.send(&tunnel.Message{Type: tunnel.TypeVMSet, VMSet: &set}) != nil {
+		if len(deleted) > 0 || len(upserts) > 0 {
+			first := min(len(upserts), tunnel.MaxVMsPerMessage)
+			if s.send(vmSet(&tunnel.VMSet{VMs: upserts[:first], Deleted: deleted})) != nil {
 				return
+			}
+			for part := range slices.Chunk(upserts[first:], tunnel.MaxVMsPerMessage) {
+				if s.send(vmSet(&tunnel.VMSet{VMs: part})) != nil {
+					return
+				}
 			}
 		}
 	}
+}
+
+// sendFull sends the whole desired set, in parts when it is large.
+func (s *session) sendFull(vms []*v1.VM) error {
+	for {
+		n := min(len(vms), tunnel.MaxVMsPerMessage)
+		part := &tunnel.VMSet{Full: true, VMs: vms[:n], Continues: n < len(vms)}
+		if err := s.send(vmSet(part)); err != nil {
+			return err
+		}
+		if vms = vms[n:]; len(vms) == 0 {
+			return nil
+		}
+	}
+}
+
+func vmSet(set *tunnel.VMSet) *tunnel.Message {
+	return &tunnel.Message{Type: tunnel.TypeVMSet, VMSet: set}
 }
 
 // readLoop reads the worker's messages until the session ends. A worker
@@ -346,18 +388,13 @@ func (s *session) applyLoop() {
 				break more
 			}
 		}
-		err := s.c.store.Update(func(tx *store.Tx) error {
-			now := time.Now().UTC()
-			for _, m := range batch {
-				if m.VMStatus != nil {
-					applyStatus(tx, s.name, m.VMStatus, now)
-				} else if m.VMEvents != nil {
-					if vm, ok := tx.VM(m.VMEvents.Name); ok && vm.UID == m.VMEvents.UID {
-						tx.AppendEvents(vm, m.VMEvents.Events)
-					}
-				}
+		now := time.Now().UTC()
+		err := s.c.updateEach(len(batch), func(tx *store.Tx, i int) {
+			if m := batch[i]; m.VMStatus != nil {
+				applyStatus(tx, s.name, m.VMStatus, now)
+			} else if vm, ok := tx.VM(m.VMEvents.Name); ok && vm.UID == m.VMEvents.UID {
+				tx.AppendEvents(vm, m.VMEvents.Events)
 			}
-			return nil
 		})
 		if err != nil {
 			s.logger.Error("record worker reports", "err", err)

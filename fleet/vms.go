@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -24,6 +25,10 @@ const (
 	DefaultCPU    = 4
 	DefaultMemory = 8192
 )
+
+// MaxVMSize bounds a VM's JSON, startup script included, so that a VM
+// always fits in one store transaction and one tunnel message.
+const MaxVMSize = 1 << 20
 
 // maxEventsPerAppend bounds one append of log lines.
 const maxEventsPerAppend = 10000
@@ -93,6 +98,9 @@ func (c *Controller) CreateVM(ctx context.Context, vm *v1.VM) (*v1.VM, error) {
 	vm.Conditions = []v1.Condition{{Type: v1.ConditionScheduled, State: v1.ConditionFalse}}
 	vm.LocalName = v1.LocalNameFor(vm.Name, vm.UID, 0)
 	vm.TartName = vm.LocalName
+	if encoded, err := json.Marshal(vm); err != nil || len(encoded) > MaxVMSize {
+		return nil, errorf(http.StatusRequestEntityTooLarge, "the VM is %d bytes as JSON, over the %d-byte limit (a large startup script?)", len(encoded), MaxVMSize)
+	}
 
 	err := c.store.Update(func(tx *store.Tx) error {
 		if _, exists := tx.VM(vm.Name); exists {
@@ -108,7 +116,7 @@ func (c *Controller) CreateVM(ctx context.Context, vm *v1.VM) (*v1.VM, error) {
 		return nil, err
 	}
 	c.metrics.vmsCreated.Inc()
-	return vm, nil
+	return vm.Clone(), nil // vm itself now belongs to the store
 }
 
 // checkHostDirs allows a host directory only under a cluster policy's
@@ -199,7 +207,7 @@ func (c *Controller) UpdateVMSpec(ctx context.Context, name string, spec *v1.VM)
 		vm.NetSoftnetBlock = slices.Clone(spec.NetSoftnetBlock)
 		vm.Generation++
 		tx.PutVM(vm)
-		out = vm
+		out = vm.Clone()
 		return nil
 	})
 	return out, err
@@ -235,13 +243,15 @@ func (c *Controller) AppendVMEvents(name string, events []v1.Event) error {
 	if len(events) > maxEventsPerAppend {
 		return errorf(http.StatusRequestEntityTooLarge, "%d events in one request; at most %d", len(events), maxEventsPerAppend)
 	}
-	return c.store.Update(func(tx *store.Tx) error {
-		vm, ok := tx.VM(name)
-		if !ok {
-			return notFound("VM", name)
+	vm, err := c.VM(name)
+	if err != nil {
+		return err
+	}
+	chunks := slices.Collect(slices.Chunk(events, 100))
+	return c.updateEach(len(chunks), func(tx *store.Tx, i int) {
+		if cur, ok := tx.VM(name); ok && cur.UID == vm.UID {
+			tx.AppendEvents(cur, chunks[i])
 		}
-		tx.AppendEvents(vm, events)
-		return nil
 	})
 }
 
@@ -250,7 +260,7 @@ func (c *Controller) AppendVMEvents(name string, events []v1.Event) error {
 // returns as soon as the VM changes; ctx bounds the wait.
 func (c *Controller) WaitVM(ctx context.Context, name string, done func(vm *v1.VM) (bool, error)) (*v1.VM, error) {
 	sub := c.store.Subscribe()
-	defer sub.Close()
+	defer func() { sub.Close() }() // sub may be replaced below
 	for {
 		vm, _ := c.store.VM(name)
 		if ok, err := done(vm); err != nil || ok {

@@ -51,7 +51,7 @@ func (c *Controller) UpdateWorker(ctx context.Context, name string, u WorkerUpda
 			w.LastSeen = u.LastSeen.UTC()
 		}
 		tx.PutWorker(w)
-		out = w
+		out = w.Clone()
 		return nil
 	})
 	if err != nil {

@@ -74,12 +74,19 @@ type Welcome struct {
 
 // VMSet is the controller's push of the VMs it wants on the worker. With
 // Full it replaces everything the worker was told before; otherwise it
-// upserts VMs and removes the names in Deleted.
+// upserts VMs and removes the names in Deleted. A full set too large for
+// one message comes in parts: every part but the last has Continues, and
+// the worker applies the set only once the last part is in.
 type VMSet struct {
-	Full    bool     `json:"full,omitempty"`
-	VMs     []*v1.VM `json:"vms,omitempty"`
-	Deleted []string `json:"deleted,omitempty"`
+	Full      bool     `json:"full,omitempty"`
+	Continues bool     `json:"continues,omitempty"`
+	VMs       []*v1.VM `json:"vms,omitempty"`
+	Deleted   []string `json:"deleted,omitempty"`
 }
+
+// MaxVMsPerMessage bounds the VMs in one VMSet message: VMs are at most 1
+// MiB of JSON each, so a message stays under MaxMessageSize.
+const MaxVMsPerMessage = 12
 
 // VMStatus is the worker's report of one VM's observed state. UID ties it
 // to the VM incarnation it is about; the controller drops reports about

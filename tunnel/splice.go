@@ -26,15 +26,19 @@ type closeWriter interface{ CloseWrite() error }
 // then closes both. When one direction reaches EOF it half-closes the
 // other side's write direction where that side supports it, so protocols
 // that read to EOF still get their answer; where it does not, the first
-// EOF ends the whole splice. It returns the bytes copied a->b and b->a.
+// EOF ends the whole splice; so does any error. It returns the bytes
+// copied a->b and b->a.
 func Splice(a, b net.Conn) (aToB, bToA int64) {
 	var wg sync.WaitGroup
 	var once sync.Once
 	closeBoth := func() { once.Do(func() { a.Close(); b.Close() }) }
 	pump := func(dst, src net.Conn, n *int64) {
 		defer wg.Done()
-		*n, _ = copyAdaptive(dst, src)
-		if cw, ok := dst.(closeWriter); ok {
+		var err error
+		*n, err = copyAdaptive(dst, src)
+		// Only a clean end half-closes; a failure (a lost tunnel, a reset)
+		// ends both directions, or the other one would wait forever.
+		if cw, ok := dst.(closeWriter); ok && err == nil {
 			if cw.CloseWrite() == nil {
 				return
 			}

@@ -391,3 +391,41 @@ func TestSpliceHalfClose(t *testing.T) {
 		t.Errorf("got %q through the splice, want HELLO", got)
 	}
 }
+
+// failingConn fails its reads at once, as a stream of a lost session does.
+type failingConn struct {
+	net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (f *failingConn) Read([]byte) (int, error) { return 0, ErrSessionLost }
+func (f *failingConn) Close() error             { f.once.Do(func() { close(f.closed) }); return nil }
+func (f *failingConn) CloseWrite() error        { return nil }
+
+func TestSpliceEndsBothOnFailure(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			_, _ = io.Copy(io.Discard, c) // a VM service that never closes first
+		}
+	}()
+	tcp, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := &failingConn{closed: make(chan struct{})}
+	done := make(chan struct{})
+	go func() { Splice(lost, tcp); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a splice whose one side failed waited for the other forever")
+	}
+}

@@ -401,9 +401,17 @@ func (ws *WebSocket) writeCloseFrame(payload []byte) error {
 // Close ends the connection with the normal status, 1000.
 func (ws *WebSocket) Close() error { return ws.CloseWithStatus(StatusNormalClosure, "") }
 
-// CloseWithStatus sends a close frame with code and reason, then closes
-// the connection. It does not wait for the peer's close frame: for a
-// byte stream there is nothing left to read once we stop.
+// closeLinger bounds the closing handshake: how long a close waits for a
+// write in progress, and then for the peer to read what was sent and
+// answer.
+const closeLinger = 5 * time.Second
+
+// CloseWithStatus sends a close frame with code and reason, half-closes
+// the connection and, in the background, reads (and drops) what the peer
+// still sends until its close frame or closeLinger, then closes. Closing
+// at once would let the kernel answer the peer's unread bytes with a
+// reset, and the peer would lose the end of what we sent. It returns
+// without waiting for the peer.
 func (ws *WebSocket) CloseWithStatus(code int, reason string) error {
 	if len(reason) > maxControlPayload-2 {
 		reason = reason[:maxControlPayload-2]
@@ -411,12 +419,30 @@ func (ws *WebSocket) CloseWithStatus(code int, reason string) error {
 	payload := make([]byte, 2+len(reason))
 	binary.BigEndian.PutUint16(payload, uint16(code))
 	copy(payload[2:], reason)
-	if ws.netc != nil {
-		_ = ws.netc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	}
+	// A write stuck on a peer that stopped reading holds writeMu: do not
+	// wait for it forever.
+	deadline := time.AfterFunc(closeLinger, ws.closeRaw)
 	err := ws.writeCloseFrame(payload)
-	ws.closeRaw()
-	return err
+	cw, halfCloses := ws.netc.(closeWriter)
+	if err != nil || !halfCloses || cw.CloseWrite() != nil {
+		deadline.Stop()
+		ws.closeRaw()
+		return err
+	}
+	go func() {
+		defer deadline.Stop()
+		_ = ws.netc.SetReadDeadline(time.Now().Add(closeLinger))
+		// Read takes the read lock: if a reader is busy, it sees the
+		// peer's close (or the deadline) itself, and this waits for it.
+		buf := make([]byte, 4<<10)
+		for {
+			if _, err := ws.Read(buf); err != nil {
+				break
+			}
+		}
+		ws.closeRaw()
+	}()
+	return nil
 }
 
 func (ws *WebSocket) closeRaw() {
@@ -516,7 +542,10 @@ func AcceptWebSocket(w http.ResponseWriter, r *http.Request, typ MessageType) (*
 		http.Error(w, `{"message":"invalid Sec-WebSocket-Key"}`, http.StatusBadRequest)
 		return nil, errors.New("invalid Sec-WebSocket-Key")
 	}
-	if origin := r.Header.Get("Origin"); origin != "" {
+	// A browser page of another origin must not ride on credentials the
+	// browser holds for the API. x/net/websocket clients, which send an
+	// Origin of their own choosing and no User-Agent, are not browsers.
+	if origin := r.Header.Get("Origin"); origin != "" && r.UserAgent() != "" {
 		if u, err := url.Parse(origin); err != nil || !strings.EqualFold(u.Host, r.Host) {
 			http.Error(w, `{"message":"cross-origin WebSocket requests are refused"}`, http.StatusForbidden)
 			return nil, errors.New("cross-origin WebSocket request")
@@ -576,7 +605,8 @@ func DialWebSocket(ctx context.Context, rawURL string, client *http.Client, head
 	req.Header.Set("Upgrade", "websocket")
 	req.Header.Set("Sec-WebSocket-Version", "13")
 	req.Header.Set("Sec-WebSocket-Key", key)
-	resp, err := client.Do(req)
+	hc, conn := recordingClient(client)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -590,5 +620,47 @@ func DialWebSocket(ctx context.Context, rawURL string, client *http.Client, head
 		resp.Body.Close()
 		return nil, errors.New("the server's WebSocket handshake is invalid")
 	}
-	return newWebSocket(rwc, nil, true, Binary), nil
+	ws := newWebSocket(rwc, nil, true, Binary)
+	if c := conn(); c != nil {
+		// Reads and writes go through rwc (it holds what the HTTP client
+		// buffered); deadlines, half-close and addresses through the
+		// connection under it, TLS or not.
+		ws.netc = c
+	}
+	return ws, nil
+}
+
+// recordingClient is client with a transport of its own that remembers
+// the connection it dials, for the one request it makes: an upgraded
+// response body hides its connection, and a WebSocket needs it.
+func recordingClient(client *http.Client) (*http.Client, func() net.Conn) {
+	base, ok := client.Transport.(*http.Transport)
+	if client.Transport == nil {
+		base, ok = http.DefaultTransport.(*http.Transport)
+	}
+	if !ok {
+		return client, func() net.Conn { return nil }
+	}
+	t := base.Clone()
+	t.DisableKeepAlives = true
+	dial := t.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 30 * time.Second}).DialContext
+	}
+	var mu sync.Mutex
+	var conn net.Conn
+	t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		mu.Lock()
+		conn = c
+		mu.Unlock()
+		return c, err
+	}
+	hc := *client
+	hc.Transport = t
+	return &hc, func() net.Conn {
+		mu.Lock()
+		defer mu.Unlock()
+		return conn
+	}
 }

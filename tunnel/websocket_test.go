@@ -248,3 +248,56 @@ func FuzzReadFrames(f *testing.F) {
 		}
 	})
 }
+
+// TestCloseKeepsTheTail: a server that writes and then closes while its
+// client is still sending must not lose the end of what it wrote (an
+// immediate close would make the kernel reset the connection).
+func TestCloseKeepsTheTail(t *testing.T) {
+	const size = 8 << 20
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := AcceptWebSocket(w, r, Binary)
+		if err != nil {
+			return
+		}
+		go func() { _, _ = io.Copy(io.Discard, ws) }()
+		_, _ = ws.Write(make([]byte, size))
+		_ = ws.Close()
+	}))
+	defer srv.Close()
+	for round := range 5 {
+		c, _, err := websocket.Dial(context.Background(), srv.URL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadLimit(-1)
+		stop := make(chan struct{})
+		go func() {
+			chunk := make([]byte, 64<<10)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if c.Write(context.Background(), websocket.MessageBinary, chunk) != nil {
+					return
+				}
+			}
+		}()
+		got := 0
+		for {
+			_, b, err := c.Read(context.Background())
+			if err != nil {
+				if websocket.CloseStatus(err) != websocket.StatusNormalClosure {
+					t.Errorf("round %d: read ended with %v after %d bytes", round, err, got)
+				}
+				break
+			}
+			got += len(b)
+		}
+		close(stop)
+		if got != size {
+			t.Errorf("round %d: received %d of %d bytes", round, got, size)
+		}
+	}
+}

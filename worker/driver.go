@@ -12,8 +12,10 @@ import (
 // orchard-<vm>-<uid>-<restarts> (v1.LocalNameFor): unique per VM and per
 // restart, so a driver never sees two incarnations under one name.
 //
-// Methods are safe for concurrent use on different names; the worker never
-// calls two methods on the same name at once.
+// Methods are safe for concurrent use. The lifecycle methods (Create,
+// Start, Stop, Suspend, Delete) are never called concurrently for one
+// name; IP and Dial may come at any time, concurrently with them, and
+// fail cleanly when the instance is not (or no longer) running.
 type Driver interface {
 	// Kind is v1.DriverTart or v1.DriverLocal.
 	Kind() string

@@ -171,6 +171,19 @@ func (i *instance) live(ctx context.Context) error {
 			i.note("the %s driver ignores these settings: %s", d.Kind(), strings.Join(ignored, ", "))
 		}
 	}
+	if vm.PowerState == v1.PowerStateStopped || vm.PowerState == v1.PowerStateSuspended {
+		// Stopped on purpose (before it first started, or before this
+		// worker restarted): keep it down. Power states are one-way.
+		if i.adopt {
+			if err := d.Stop(ctx, i.name); err != nil {
+				return fmt.Errorf("stop the VM: %w", err)
+			}
+		}
+		i.setRunning(false)
+		i.report(v1.VMStatusRunning, "VM is "+string(vm.PowerState), vm.Generation)
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	exited, err := d.Start(ctx, i.name, vm)
 	if err != nil {
 		return fmt.Errorf("start the VM: %w", err)

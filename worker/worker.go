@@ -52,8 +52,10 @@ type Worker struct {
 	mu sync.Mutex
 	// desired is the controller's wish, by VM name. haveFull says a full
 	// set arrived since start: only then may the worker delete anything.
+	// partial collects a full set that arrives in parts.
 	desired  map[string]*v1.VM
 	haveFull bool
+	partial  map[string]*v1.VM
 	// instances are the VMs this worker runs, by local name.
 	instances map[string]*instance
 	// leftovers are driver instances found at start that no VM claims
@@ -293,19 +295,30 @@ func (w *Worker) readControl(ctx context.Context, control tunnel.Stream) error {
 func (w *Worker) applySet(set *tunnel.VMSet) {
 	w.mu.Lock()
 	if set.Full {
-		w.desired = map[string]*v1.VM{}
+		if w.partial == nil {
+			w.partial = map[string]*v1.VM{}
+		}
+		for _, vm := range set.VMs {
+			w.partial[vm.Name] = vm
+		}
+		if set.Continues {
+			w.mu.Unlock()
+			return
+		}
+		w.desired, w.partial = w.partial, nil
 		w.haveFull = true
 		// The controller just learned everything anew: tell it where every
 		// VM stands.
 		for _, inst := range w.instances {
 			w.out.status(inst.currentStatus())
 		}
-	}
-	for _, vm := range set.VMs {
-		w.desired[vm.Name] = vm
-	}
-	for _, name := range set.Deleted {
-		delete(w.desired, name)
+	} else {
+		for _, vm := range set.VMs {
+			w.desired[vm.Name] = vm
+		}
+		for _, name := range set.Deleted {
+			delete(w.desired, name)
+		}
 	}
 	w.mu.Unlock()
 	select {
@@ -341,7 +354,9 @@ func (w *Worker) reconcile(ctx context.Context) {
 			inst.update(vm)
 			continue
 		}
-		_, adopt := w.leftovers[name]
+		// Adopt only what runs: an instance left stopped may be half made
+		// (a worker killed between clone and configure); make it afresh.
+		adopt := w.leftovers[name]
 		delete(w.leftovers, name)
 		inst := newInstance(w, name, vm, adopt)
 		w.instances[name] = inst
@@ -389,7 +404,7 @@ func (w *Worker) serveStreams(ctx context.Context, mux *yamux.Session) {
 		if err != nil {
 			return
 		}
-		go w.serveStream(ctx, st)
+		w.wg.Go(func() { w.serveStream(ctx, st) })
 	}
 }
 

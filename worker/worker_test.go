@@ -245,6 +245,40 @@ func TestPowerStateStop(t *testing.T) {
 	}
 }
 
+// TestStoppedVMStaysStopped: a VM stopped on purpose is not booted again
+// when its worker restarts.
+func TestStoppedVMStaysStopped(t *testing.T) {
+	cl := newCluster(t, t.TempDir(), time.Minute)
+	vmDir := t.TempDir()
+	d := localDriver(t, vmDir)
+	stop := cl.runWorker("w1", d)
+	cl.create(&v1.VM{Meta: v1.Meta{Name: "vm"}})
+	vm := cl.wait("vm", running)
+	spec := vm.Clone()
+	spec.PowerState = v1.PowerStateStopped
+	if _, err := cl.c.UpdateVMSpec(context.Background(), "vm", spec); err != nil {
+		t.Fatal(err)
+	}
+	cl.wait("vm", func(vm *v1.VM) bool { return vm.Condition(v1.ConditionRunning) == v1.ConditionFalse })
+	stop()
+	d.Close()
+
+	d2 := localDriver(t, vmDir)
+	cl.runWorker("w1", d2)
+	waitUntil(t, "the restarted worker to hold the VM", func() bool {
+		list, _ := d2.List(context.Background())
+		return len(list) == 1
+	})
+	time.Sleep(300 * time.Millisecond)
+	list, _ := d2.List(context.Background())
+	if len(list) != 1 || list[0].Running {
+		t.Errorf("after a worker restart the stopped VM is %+v", list)
+	}
+	if vm, _ := cl.c.VM("vm"); vm.Status == v1.VMStatusFailed || vm.Condition(v1.ConditionRunning) != v1.ConditionFalse {
+		t.Errorf("VM after the restart: %s, running=%s, %q", vm.Status, vm.Condition(v1.ConditionRunning), vm.StatusMessage)
+	}
+}
+
 // TestWorkerRestart: local VMs live in the worker's process, so a worker
 // restart loses them. The restarted worker says so in its hello; the
 // controller fails them, and OnFailure ones come back.

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/orchardci/orchard/fleet/v1"
@@ -492,13 +493,41 @@ func (c *Client) ForwardPort(ctx context.Context, ln net.Listener, name string, 
 	}
 }
 
-// splice copies both ways until either side ends, then closes both.
-func splice(a, b net.Conn) {
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(a, b); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(b, a); done <- struct{}{} }()
+// splice carries a local connection to a remote one (a port-forward's
+// WebSocket, which cannot half-close). When the local side stops sending,
+// the remote's answer may still be coming (nc -N, an HTTP/1.0 client), so
+// the remote side goes on until it ends, fails, or stays silent for
+// halfClosedIdle; a local side that closed for good looks the same.
+func splice(local, remote net.Conn) {
+	var localDone atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(local, idleReader{remote, &localDone})
+		close(done)
+	}()
+	if _, err := io.Copy(remote, local); err != nil {
+		remote.Close()
+	}
+	localDone.Store(true)
+	_ = remote.SetReadDeadline(time.Now().Add(halfClosedIdle))
 	<-done
-	a.Close()
-	b.Close()
-	<-done
+	local.Close()
+	remote.Close()
+}
+
+const halfClosedIdle = 30 * time.Second
+
+// idleReader pushes the read deadline on with every read once the local
+// side is done, so that only silence ends the remote side.
+type idleReader struct {
+	net.Conn
+	localDone *atomic.Bool
+}
+
+func (r idleReader) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	if n > 0 && r.localDone.Load() {
+		_ = r.Conn.SetReadDeadline(time.Now().Add(halfClosedIdle))
+	}
+	return n, err
 }

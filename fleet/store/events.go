@@ -12,6 +12,8 @@ import (
 	v1 "github.com/orchardci/orchard/fleet/v1"
 )
 
+// eventKey orders a VM's events by the revision that appended them and
+// their place in that transaction.
 func eventKey(uid string, rev uint64, index int) string {
 	return fmt.Sprintf("%s%s/%016x-%08x", prefixEvents, uid, rev, index)
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -29,6 +30,11 @@ type stagedEvents struct {
 	uid    string
 	events []v1.Event
 }
+
+// ErrTooBig is returned by Update when what fn staged exceeds what one
+// transaction holds (a few MiB); nothing was written. Callers that batch
+// independent writes split the batch and try again.
+var ErrTooBig = errors.New("transaction too big")
 
 // Update runs fn with exclusive write access and commits what it staged,
 // durably, before returning. If fn returns an error nothing is written
@@ -102,6 +108,9 @@ func (tx *Tx) encode(rev uint64) (*badger.Txn, []Change, error) {
 			return nil, fmt.Errorf("encode %s: %w", key, err)
 		}
 		if err := btx.Set([]byte(key), raw); err != nil {
+			if errors.Is(err, badger.ErrTxnTooBig) {
+				return nil, ErrTooBig
+			}
 			return nil, fmt.Errorf("stage %s: %w", key, err)
 		}
 		return raw, nil
@@ -166,17 +175,22 @@ func (tx *Tx) encode(rev uint64) (*badger.Txn, []Change, error) {
 		}
 		changes = append(changes, Change{Kind: KindSettings, Rev: rev, settings: tx.settings})
 	}
-	for i, batch := range tx.events {
-		for j, e := range batch.events {
-			if _, err := set(eventKey(batch.uid, rev, i<<16|j), e); err != nil {
+	index := 0
+	for _, batch := range tx.events {
+		for _, e := range batch.events {
+			if _, err := set(eventKey(batch.uid, rev, index), e); err != nil {
 				return btx, nil, err
 			}
+			index++
 		}
 		changes = append(changes, Change{Kind: KindEvents, Name: batch.vmName, Rev: rev, UID: batch.uid})
 	}
 	var revBytes [8]byte
 	binary.BigEndian.PutUint64(revBytes[:], rev)
 	if err := btx.Set([]byte(keyRevision), revBytes[:]); err != nil {
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			return btx, nil, ErrTooBig
+		}
 		return btx, nil, fmt.Errorf("stage revision: %w", err)
 	}
 	return btx, changes, nil

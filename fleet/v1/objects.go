@@ -21,6 +21,10 @@ type Worker struct {
 	// Driver is ours: "tart" or "local". A local-driver worker stands in for
 	// any platform and takes any VM.
 	Driver string `json:"driver,omitempty"`
+	// ServiceAccount is ours: the account the worker first connected
+	// with. Only that account may connect under this name again, until the
+	// worker is deleted.
+	ServiceAccount string `json:"service_account,omitempty"`
 
 	Meta
 }

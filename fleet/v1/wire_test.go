@@ -181,10 +181,10 @@ func TestVMWire(t *testing.T) {
 
 func TestOtherObjectsWire(t *testing.T) {
 	w := &Worker{LastSeen: when, MachineID: "3d12\n", SchedulingPaused: true, Resources: Resources{ResourceTartVMs: 2},
-		Labels: Labels{"k": "v"}, DefaultCPU: 4, DefaultMemory: 8192, Arch: ArchARM64, Runtime: RuntimeTart, Driver: DriverTart,
+		Labels: Labels{"k": "v"}, DefaultCPU: 4, DefaultMemory: 8192, Arch: ArchARM64, Runtime: RuntimeTart, Driver: DriverTart, ServiceAccount: "workers",
 		Meta: Meta{Name: "mac-1", CreatedAt: when, Version: 3}}
 	var ow orchardWorker
-	decodeStrict(t, golden(t, "worker.json", w), &ow, "driver", "version")
+	decodeStrict(t, golden(t, "worker.json", w), &ow, "driver", "service_account", "version")
 	if ow.MachineID != "3d12\n" || !ow.SchedulingPaused {
 		t.Errorf("worker decoded as %+v", ow)
 	}
