@@ -222,6 +222,10 @@ func (w *Worker) session(ctx context.Context) error {
 
 	sessionCtx, cancelSession := context.WithCancel(ctx)
 	defer cancelSession()
+	// Whichever part fails first ends the session, and closing the mux is
+	// what unblocks the others' reads.
+	endSession := context.AfterFunc(sessionCtx, func() { mux.Close() })
+	defer endSession()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() {
