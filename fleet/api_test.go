@@ -382,7 +382,7 @@ func TestEventsAPI(t *testing.T) {
 	if err != nil || len(last) != 1 || last[0].Payload != "line 24" {
 		t.Errorf("newest event: %v, %v", last, err)
 	}
-	for _, bad := range []string{"limit=0", "limit=x", "order=sideways", "cursor=%21%21"} {
+	for _, bad := range []string{"limit=0", "limit=x", "order=sideways", "cursor=%21%21", "cursor=garbage"} {
 		if status, _ := e.rawRequest("GET", "/v1/vms/vm/events?"+bad, nil); status != 400 {
 			t.Errorf("%s: %d, want 400", bad, status)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -22,6 +23,9 @@ func (c *Controller) Serve(ctx context.Context, ln net.Listener, cert *Certifica
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return base },
+		// net/http's own complaints (TLS handshake errors, say) go to our
+		// log in its format.
+		ErrorLog: slog.NewLogLogger(c.logger.Handler(), slog.LevelWarn),
 	}
 	if cert != nil {
 		srv.TLSConfig = &tls.Config{
@@ -53,7 +57,7 @@ func (c *Controller) Serve(ctx context.Context, ln net.Listener, cert *Certifica
 func (c *Controller) ServeMetrics(ctx context.Context, ln net.Listener) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) { _ = c.getMetrics(w, r) })
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(c.logger.Handler(), slog.LevelWarn)}
 	go func() {
 		<-ctx.Done()
 		srv.Close()

@@ -127,15 +127,17 @@ func checkHostDirs(dirs []v1.HostDir, policies []v1.HostDirPolicy) error {
 		if d.Name == "" || !filepath.IsAbs(d.Path) {
 			return errorf(http.StatusBadRequest, "host directory %q: needs a name and an absolute path", d.Name)
 		}
-		allowed := slices.ContainsFunc(policies, func(p v1.HostDirPolicy) bool {
-			prefix := filepath.Clean(p.PathPrefix)
-			path := filepath.Clean(d.Path)
-			under := path == prefix || strings.HasPrefix(path, strings.TrimSuffix(prefix, "/")+"/")
-			return under && (!p.ReadOnly || d.ReadOnly)
-		})
-		if !allowed {
-			return errorf(http.StatusBadRequest, "host directory %q (%s) is not allowed by the cluster's host directory policies", d.Name, d.Path)
+		under := func(p v1.HostDirPolicy) bool {
+			prefix, path := filepath.Clean(p.PathPrefix), filepath.Clean(d.Path)
+			return path == prefix || strings.HasPrefix(path, strings.TrimSuffix(prefix, "/")+"/")
 		}
+		if slices.ContainsFunc(policies, func(p v1.HostDirPolicy) bool { return under(p) && (!p.ReadOnly || d.ReadOnly) }) {
+			continue
+		}
+		if slices.ContainsFunc(policies, under) {
+			return errorf(http.StatusBadRequest, "host directory %q (%s) may only be shared read-only under the cluster's policy: add :ro", d.Name, d.Path)
+		}
+		return errorf(http.StatusBadRequest, "host directory %q (%s) is not allowed by the cluster's host directory policies (orchard cluster-settings get shows them)", d.Name, d.Path)
 	}
 	return nil
 }

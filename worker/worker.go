@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -140,7 +141,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	backoff := newBackoff()
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := w.session(ctx)
+		connected, err := w.session(ctx)
 		if ctx.Err() != nil {
 			break
 		}
@@ -149,12 +150,21 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		delay := backoff.next()
 		var de *tunnel.DialError
-		if errors.As(err, &de) && de.StatusCode >= 400 && de.StatusCode < 500 {
+		var unknownCA x509.UnknownAuthorityError
+		var badHost x509.HostnameError
+		switch {
+		case errors.As(err, &de) && de.StatusCode >= 400 && de.StatusCode < 500:
 			// Credentials, a name clash: an operator has to act, so retry slowly.
 			delay = max(delay, 30*time.Second)
 			w.logger.Error("the controller refused this worker", "err", err, "retry_in", delay.Round(time.Second))
-		} else {
+		case errors.As(err, &unknownCA) || errors.As(err, &badHost):
+			delay = max(delay, 30*time.Second)
+			w.logger.Error("the controller's certificate is not trusted: use a bootstrap token that carries it (orchard bootstrap-token NAME, from a context that pins it)",
+				"err", err, "retry_in", delay.Round(time.Second))
+		case connected:
 			w.logger.Warn("disconnected from the controller", "err", err, "retry_in", delay.Round(time.Millisecond))
+		default:
+			w.logger.Warn("cannot reach the controller", "url", w.api.Config().URL, "err", err, "retry_in", delay.Round(time.Millisecond))
 		}
 		select {
 		case <-ctx.Done():
@@ -176,20 +186,21 @@ func (b *backoff) next() time.Duration {
 	return ceiling/2 + rand.N(ceiling/2+1)
 }
 
-// session runs one tunnel from dial to disconnect.
-func (w *Worker) session(ctx context.Context) error {
+// session runs one tunnel from dial to disconnect. connected says it got
+// as far as the controller's welcome.
+func (w *Worker) session(ctx context.Context) (connected bool, err error) {
 	header := w.api.AuthHeader()
 	header.Set("X-Orchard-Machine-ID", w.cfg.MachineID)
 	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	conn, err := tunnel.Dial(dialCtx, w.api.URL("/v1/workers/"+w.cfg.Name+"/tunnel"), w.api.StreamHTTPClient(), header)
 	cancel()
 	if err != nil {
-		return err
+		return false, err
 	}
 	mux, err := tunnel.NewWorker(conn)
 	if err != nil {
 		conn.Close()
-		return err
+		return false, err
 	}
 	defer mux.Close()
 	stop := context.AfterFunc(ctx, func() { mux.Close() })
@@ -197,22 +208,22 @@ func (w *Worker) session(ctx context.Context) error {
 
 	control, err := tunnel.OpenStream(mux)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := tunnel.WriteMessage(control, &tunnel.Message{Type: tunnel.TypeHello, Hello: w.hello()}); err != nil {
-		return err
+		return false, err
 	}
 	_ = control.SetReadDeadline(time.Now().Add(30 * time.Second))
 	m, err := tunnel.ReadMessage(control)
 	if err != nil {
-		return fmt.Errorf("read welcome: %w", err)
+		return false, fmt.Errorf("read welcome: %w", err)
 	}
 	_ = control.SetReadDeadline(time.Time{})
 	switch {
 	case m.Type == tunnel.TypeError:
-		return fmt.Errorf("the controller refused this worker: %s", m.Error.Message)
+		return false, fmt.Errorf("the controller refused this worker: %s", m.Error.Message)
 	case m.Type != tunnel.TypeWelcome:
-		return fmt.Errorf("expected a welcome, got %q", m.Type)
+		return false, fmt.Errorf("expected a welcome, got %q", m.Type)
 	}
 	heartbeat := time.Duration(m.Welcome.HeartbeatSeconds) * time.Second
 	if heartbeat <= 0 {
@@ -239,7 +250,7 @@ func (w *Worker) session(ctx context.Context) error {
 	err = w.readControl(sessionCtx, control)
 	cancelSession()
 	mux.Close()
-	return err
+	return true, err
 }
 
 func (w *Worker) hello() *tunnel.Hello {

@@ -27,17 +27,21 @@ func newWorkersCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if len(ws) == 0 && listFormat == "table" {
+				fmt.Fprintln(cmd.OutOrStdout(), "No workers. Start one: orchard worker run URL --bootstrap-token TOKEN (or orchard dev)")
+				return nil
+			}
 			return render(cmd.OutOrStdout(), listFormat, ws, func(tw *tabwriter.Writer) {
-				row(tw, "NAME", "DRIVER", "PLATFORM", "LAST SEEN", "SCHEDULING", "RESOURCES", "LABELS")
+				row(tw, "NAME", "STATE", "DRIVER", "PLATFORM", "LAST SEEN", "SCHEDULING", "RESOURCES", "LABELS")
 				for _, w := range ws {
-					row(tw, w.Name, orDash(w.Driver), fmt.Sprintf("%s/%s", w.Arch, w.Runtime), ago(w.LastSeen), scheduling(&w), orDash(formatResources(w.Resources)), orDash(formatMap(w.Labels)))
+					row(tw, w.Name, connection(&w), orDash(w.Driver), fmt.Sprintf("%s/%s", w.Arch, w.Runtime), ago(w.LastSeen), scheduling(&w), orDash(formatResources(w.Resources)), orDash(formatMap(w.Labels)))
 				}
 			})
 		},
 	}
 	addOutputFlag(list, &listFormat)
 	get := &cobra.Command{
-		Use: "get NAME", Short: "Show a worker", Args: cobra.ExactArgs(1),
+		Use: "get NAME", Short: "Show a worker", Args: args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.newClient()
 			if err != nil {
@@ -49,6 +53,7 @@ func newWorkersCommand(g *globals) *cobra.Command {
 			}
 			return render(cmd.OutOrStdout(), getFormat, w, func(tw *tabwriter.Writer) {
 				row(tw, "Name", w.Name)
+				row(tw, "State", connection(w))
 				row(tw, "Driver", orDash(w.Driver))
 				row(tw, "Platform", fmt.Sprintf("%s/%s", w.Arch, w.Runtime))
 				row(tw, "Last seen", ago(w.LastSeen))
@@ -80,7 +85,7 @@ func newWorkersCommand(g *globals) *cobra.Command {
 		}
 	}
 	del := &cobra.Command{
-		Use: "delete NAME", Short: "Delete a worker; its VMs fail", Args: cobra.ExactArgs(1),
+		Use: "delete NAME", Short: "Delete a worker; its VMs fail (a running worker registers again: stop it first)", Args: args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.newClient()
 			if err != nil {
@@ -94,10 +99,19 @@ func newWorkersCommand(g *globals) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(list, get,
-		&cobra.Command{Use: "pause NAME", Short: "Stop scheduling new VMs onto a worker", Args: cobra.ExactArgs(1), RunE: pause(true)},
-		&cobra.Command{Use: "resume NAME", Short: "Schedule VMs onto a paused worker again", Args: cobra.ExactArgs(1), RunE: pause(false)},
+		&cobra.Command{Use: "pause NAME", Short: "Stop scheduling new VMs onto a worker", Args: args("NAME"), RunE: pause(true)},
+		&cobra.Command{Use: "resume NAME", Short: "Schedule VMs onto a paused worker again", Args: args("NAME"), RunE: pause(false)},
 		del)
 	return cmd
+}
+
+// connection says whether the worker holds its tunnel: the controller
+// reports last_seen as now while it does.
+func connection(w *v1.Worker) string {
+	if time.Since(w.LastSeen) < 5*time.Second {
+		return "connected"
+	}
+	return "disconnected"
 }
 
 func scheduling(w *v1.Worker) string {
@@ -112,7 +126,7 @@ func newServiceAccountsCommand(g *globals) *cobra.Command {
 	var roles []string
 	var token, listFormat string
 	create := &cobra.Command{
-		Use: "create NAME --roles ROLE,...", Short: "Create a service account and print its token", Args: cobra.ExactArgs(1),
+		Use: "create NAME --roles ROLE,...", Short: "Create a service account and print its token", Args: args("NAME"),
 		Long: "Create a service account. Roles: " + rolesList() + ".",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.newClient()
@@ -154,7 +168,7 @@ func newServiceAccountsCommand(g *globals) *cobra.Command {
 	}
 	addOutputFlag(list, &listFormat)
 	del := &cobra.Command{
-		Use: "delete NAME", Short: "Delete a service account", Args: cobra.ExactArgs(1),
+		Use: "delete NAME", Short: "Delete a service account", Args: args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.newClient()
 			if err != nil {
@@ -239,7 +253,13 @@ func newClusterSettingsCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Cluster settings saved: scheduler profile %s, %d host directory policies\n", out.Profile(), len(out.HostDirPolicies))
+			policies := "no host directory policy"
+			if n := len(out.HostDirPolicies); n == 1 {
+				policies = "1 host directory policy"
+			} else if n > 1 {
+				policies = fmt.Sprintf("%d host directory policies", n)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Cluster settings saved: scheduler profile %s, %s\n", out.Profile(), policies)
 			return nil
 		},
 	}
@@ -257,7 +277,7 @@ func newBootstrapTokenCommand(g *globals) *cobra.Command {
 pins one, the controller's certificate, in Orchard's orchard-bootstrap-token-v0 format. Give it to
 orchard worker run --bootstrap-token, or to orchard context create --bootstrap-token. Workers need
 an account with compute:read and compute:write.`,
-		Args: cobra.ExactArgs(1),
+		Args: args("SERVICE-ACCOUNT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.newClient()
 			if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	v1 "github.com/orchardci/orchard/fleet/v1"
 	"github.com/orchardci/orchard/tunnel"
 )
 
@@ -29,7 +30,7 @@ func newVMsSSH(g *globals) *cobra.Command {
 command it opens an interactive shell (with a terminal when stdin is one). With a command it runs it,
 streams stdin/stdout/stderr, and orchard exits with the command's exit status. The user and password
 default to the VM's own (admin/admin unless it was created with others).`,
-		Args: cobra.MinimumNArgs(1),
+		Args: args("NAME", "[COMMAND...]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, command := args[0], strings.Join(args[1:], " ")
 			c, err := g.newClient()
@@ -64,10 +65,7 @@ default to the VM's own (admin/admin unless it was created with others).`,
 			err = tunnel.RunSSH(ctx, conn, tunnel.SSHLogin{User: user, Password: pass}, sshCmd)
 			var exit *tunnel.ExitError
 			if errors.As(err, &exit) {
-				if exit.Signal != "" {
-					return &exitCode{code: 128 + 1}
-				}
-				return &exitCode{code: exit.Status}
+				return &exitCode{code: exitStatus(exit)}
 			}
 			return err
 		},
@@ -76,6 +74,21 @@ default to the VM's own (admin/admin unless it was created with others).`,
 	cmd.Flags().StringVarP(&pass, "password", "p", "", "SSH password (default: the VM's)")
 	cmd.Flags().DurationVarP(&wait, "wait", "t", 60*time.Second, "how long to wait for the VM to run and accept SSH")
 	return cmd
+}
+
+// exitStatus is orchard's exit status for a remote command: its own, or,
+// when a signal killed it, 128 plus the signal's number as a shell
+// reports it (255, as OpenSSH, for a signal it cannot name).
+func exitStatus(exit *tunnel.ExitError) int {
+	if exit.Signal == "" {
+		return exit.Status
+	}
+	numbers := map[string]int{"HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "TRAP": 5, "ABRT": 6, "FPE": 8, "KILL": 9,
+		"USR1": 10, "SEGV": 11, "USR2": 12, "PIPE": 13, "ALRM": 14, "TERM": 15}
+	if n, ok := numbers[exit.Signal]; ok {
+		return 128 + n
+	}
+	return 255
 }
 
 // rawTerminal puts the terminal in raw mode and follows its size.
@@ -122,7 +135,7 @@ func newVMsPortForward(g *globals) *cobra.Command {
 		Short: "Forward a port on 127.0.0.1 to a port of a VM",
 		Long: `Listen on 127.0.0.1:LOCAL (LOCAL defaults to REMOTE; 0 picks a free port) and carry every
 connection to port REMOTE of the VM, through the controller and its worker, until Ctrl-C.`,
-		Args: cobra.ExactArgs(2),
+		Args: args("NAME", "[LOCAL:]REMOTE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			localPort, remotePort, err := parsePortSpec(args[1])
 			if err != nil {
@@ -178,7 +191,7 @@ func newVMsVNC(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "vnc NAME",
 		Short: "Forward the VM's screen (port 5900) and open or print the vnc:// URL",
-		Args:  cobra.ExactArgs(1),
+		Args:  args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.newClient()
 			if err != nil {
@@ -189,6 +202,9 @@ func newVMsVNC(g *globals) *cobra.Command {
 				return err
 			}
 			user, pass = firstNonEmpty(user, vm.Username, "admin"), firstNonEmpty(pass, vm.Password, "admin")
+			if w, err := c.GetWorker(cmd.Context(), vm.Worker); err == nil && w.Driver == v1.DriverLocal {
+				fmt.Fprintf(cmd.ErrOrStderr(), "orchard: VM %s runs on the local driver, which has no screen: connections reach whatever listens on the VM's port 5900\n", args[0])
+			}
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				return err

@@ -31,7 +31,7 @@ With --bootstrap-token the token's certificate (if any) is pinned. With --servic
 --service-account-token the host's trusted CAs are tried first; if the controller's certificate is
 self-signed, its SHA-256 fingerprint is shown and, once you confirm it (or pass it with
 --fingerprint), it is pinned. The credentials are checked before the context is saved.`,
-		Args: cobra.ExactArgs(1),
+		Args: args("URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			url, err := client.NormalizeURL(args[0])
 			if err != nil {
@@ -121,7 +121,7 @@ self-signed, its SHA-256 fingerprint is shown and, once you confirm it (or pass 
 	}
 	addOutputFlag(list, &format)
 	use := &cobra.Command{
-		Use: "use NAME", Short: "Make a context the default", Args: cobra.ExactArgs(1),
+		Use: "use NAME", Short: "Make a context the default", Args: args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			err := client.UpdateContexts(client.ContextsPath(client.Home(os.Environ())), func(f *client.Contexts) error {
 				if _, ok := f.Contexts[args[0]]; !ok {
@@ -173,13 +173,13 @@ func trustOnFirstUse(cmd *cobra.Command, ctx *client.Context, want string) error
 			return fmt.Errorf("the controller's certificate has fingerprint %s, not the one given: refusing it", fp)
 		}
 	case term.IsTerminal(int(os.Stdin.Fd())):
-		fmt.Fprintf(cmd.ErrOrStderr(), "The controller's certificate is not signed by a CA this host trusts.\nSHA-256 fingerprint: %s\nTrust it (compare with what the controller printed at its first start)? [y/N] ", fp)
+		fmt.Fprintf(cmd.ErrOrStderr(), "The controller's certificate is not signed by a CA this host trusts.\nSHA-256 fingerprint: %s\nTrust it (compare with the fingerprint the controller prints when it starts)? [y/N] ", fp)
 		answer, _ := bufio.NewReader(os.Stdin).ReadString('\n')
 		if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
 			return errors.New("certificate not trusted; nothing saved")
 		}
 	default:
-		return fmt.Errorf("the controller's certificate is self-signed, with SHA-256 fingerprint %s: check it against what the controller printed and pass it with --fingerprint", fp)
+		return fmt.Errorf("the controller's certificate is self-signed, with SHA-256 fingerprint %s: check it against the one the controller prints when it starts and pass it with --fingerprint", fp)
 	}
 	ctx.Certificate = client.ContextFromToken(ctx.URL, v1.BootstrapToken{CertificatePEM: certPEM}).Certificate
 	return nil

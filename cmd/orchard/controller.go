@@ -117,15 +117,18 @@ func controllerConfig(cfg config.Config, dataDir string, logger *slog.Logger) fl
 // is, and on its first start the admin token and certificate fingerprint.
 // It writes to stdout, never to the log.
 func announce(w io.Writer, srv *fleet.Server, tokenFromEnv bool) {
-	fmt.Fprintf(w, "Orchard controller %s is serving on %s\n", version, srv.URL)
-	if srv.AdminCreated || tokenFromEnv {
-		shown := srv.AdminToken
-		if tokenFromEnv {
-			shown = "<hidden>"
-		}
-		fmt.Fprintf(w, "Service account %s (all roles), token: %s\n", fleet.BootstrapAdmin, shown)
+	fmt.Fprintf(w, "Orchard controller (version %s) is serving on %s\n", version, srv.URL)
+	switch {
+	case tokenFromEnv:
+		fmt.Fprintf(w, "Service account %s (all roles), token: <hidden> (from %s)\n", fleet.BootstrapAdmin, envBootstrapAdminToken)
+	case srv.AdminCreated:
+		fmt.Fprintf(w, "Service account %s (all roles), token: %s\n", fleet.BootstrapAdmin, srv.AdminToken)
+		fmt.Fprintln(w, "This token is shown once. The CLI on this host has it already (context bootstrap-context).")
+	default:
+		fmt.Fprintf(w, "The %s token was shown at first start and is in this host's bootstrap-context; %s sets a new one.\n", fleet.BootstrapAdmin, envBootstrapAdminToken)
 	}
-	if srv.Certificate != nil && (srv.CertificateCreated || srv.AdminCreated) {
+	if srv.Certificate != nil {
+		// Not a secret: clients compare it before trusting the certificate.
 		fmt.Fprintf(w, "Certificate SHA-256 fingerprint: %s\n", srv.Certificate.Fingerprint())
 	}
 }

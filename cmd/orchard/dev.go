@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/spf13/cobra"
@@ -43,7 +44,9 @@ another terminal needs no flags. A --listen address other than loopback needs --
 			if err != nil {
 				return err
 			}
-			if !cmd.Flags().Changed("listen") && os.Getenv("ORCHARD_CONTROLLER_LISTEN") == "" {
+			// Dev's own default: loopback. A listen address from the file,
+			// the environment or the flag stands.
+			if cfg.Controller.Listen == config.Default().Controller.Listen {
 				cfg.Controller.Listen = "127.0.0.1:6120"
 			}
 			withTLS := cfg.Controller.TLS.CertFile != ""
@@ -86,10 +89,15 @@ another terminal needs no flags. A --listen address other than loopback needs --
 				}
 				srv.AdminToken = admin.Token
 			}
+			previous := ""
+			if f, err := client.LoadContexts(client.ContextsPath(home)); err == nil {
+				previous = f.DefaultContext
+			}
 			if err := saveServerContext(home, devContext, srv, true); err != nil {
 				cancel()
 				return errors.Join(fmt.Errorf("write the dev context: %w", err), srv.Wait())
 			}
+			defer restoreDefaultContext(home, previous)
 
 			token := v1.BootstrapToken{ServiceAccountName: fleet.BootstrapAdmin, ServiceAccountToken: srv.AdminToken}
 			if srv.Certificate != nil {
@@ -132,8 +140,13 @@ another terminal needs no flags. A --listen address other than loopback needs --
 			}
 			printDevBanner(cmd.OutOrStdout(), srv.URL, driverKind, names)
 			<-ctx.Done()
-			fmt.Fprintln(cmd.OutOrStdout(), "Stopping the dev cluster...")
+			fmt.Fprintln(cmd.OutOrStdout(), "Stopping the dev cluster; its VMs stop with it and are deleted...")
 			wg.Wait()
+			// The workers took their VMs down: drop the records, so that the
+			// next orchard dev starts clean instead of with failed VMs.
+			for _, vm := range srv.VMs(nil) {
+				_ = srv.DeleteVM(context.Background(), vm.Name)
+			}
 			return srv.Wait()
 		},
 	}
@@ -162,17 +175,37 @@ func loopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// restoreDefaultContext gives the default back to the context that had it
+// before orchard dev, so the CLI does not keep pointing at a stopped dev
+// controller.
+func restoreDefaultContext(home, previous string) {
+	if previous == "" || previous == devContext {
+		return
+	}
+	_ = client.UpdateContexts(client.ContextsPath(home), func(f *client.Contexts) error {
+		if _, ok := f.Contexts[previous]; ok && f.DefaultContext == devContext {
+			f.DefaultContext = previous
+		}
+		return nil
+	})
+}
+
 func printDevBanner(w io.Writer, url, driver string, workers []string) {
 	fmt.Fprintf(w, "Orchard dev cluster is up: controller %s, %d %s worker(s): %v\n", url, len(workers), driver, workers)
 	if driver == v1.DriverLocal {
 		fmt.Fprintln(w, "The local driver runs each VM as a directory with an SSH server on a loopback address; it isolates nothing.")
 	}
-	fmt.Fprintf(w, `The CLI is set up (context %q). In another terminal, try:
-  orchard vms create demo --image ghcr.io/cirruslabs/macos-sequoia-base:latest --wait
-  orchard vms ssh demo -- uname -a
-  orchard vms port-forward demo 8080:8080
-  orchard vms logs demo
-  orchard vms delete demo
+	// Suggest the binary as it was run (bin/orchard after make dev).
+	self := "orchard"
+	if strings.Contains(os.Args[0], "/") && !strings.Contains(os.Args[0], "go-build") {
+		self = os.Args[0]
+	}
+	fmt.Fprintf(w, `The CLI is set up (context %q, the default while this runs). In another terminal, try:
+  %[2]s vms create demo --image ghcr.io/cirruslabs/macos-sequoia-base:latest --wait
+  %[2]s vms ssh demo -- uname -a
+  %[2]s vms port-forward demo 8080:8080
+  %[2]s vms logs demo
+  %[2]s vms delete demo
 Ctrl-C here stops everything.
-`, devContext)
+`, devContext, self)
 }

@@ -229,6 +229,15 @@ func TestDevEndToEnd(t *testing.T) {
 	if _, _, code := h.run("vms", "ssh", "demo", "--", "exit 7"); code != 7 {
 		t.Errorf("ssh of a failing command exited %d, want 7", code)
 	}
+	if _, _, code := h.run("vms", "ssh", "demo", "--", "kill -TERM $$"); code != 128+15 {
+		t.Errorf("ssh of a command killed by SIGTERM exited %d, want 143", code)
+	}
+	// --wait waits for the startup script, and reports its failure.
+	if out, errOut, code := h.run("vms", "create", "broken", "--image", "x", "--wait", "--startup-script", "exit 4"); code == 0 ||
+		!strings.Contains(errOut, "startup script failed with exit status 4") {
+		t.Errorf("create --wait of a VM whose script fails: exit %d\n%s%s", code, out, errOut)
+	}
+	h.must("vms", "delete", "broken")
 
 	// A TCP service inside the VM, on the VM's address.
 	var vm v1.VM
@@ -332,6 +341,13 @@ func TestDevEndToEnd(t *testing.T) {
 	if left := processesWith(t, leftMarker); len(left) > 0 {
 		t.Errorf("orchard dev left processes behind: %v", left)
 	}
+	// A second run starts clean: the first one's VMs are gone with it.
+	dev2 := h.start("dev", "--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	dev2.waitLine(t, `dev cluster is up`)
+	if out := h.must("vms", "list"); !strings.Contains(out, "No VMs") {
+		t.Errorf("the second orchard dev starts with VMs:\n%s", out)
+	}
+	dev2.stop(t)
 	if left := processesWith(t, orchardBin+"\x00dev"); len(left) > 0 {
 		t.Errorf("orchard dev still runs: %v", left)
 	}
@@ -468,6 +484,23 @@ func tokenOf(t *testing.T, bootstrap string) string {
 	return bt.ServiceAccountToken
 }
 
+func TestDevGivesTheDefaultContextBack(t *testing.T) {
+	h := newHome(t)
+	// Another controller's context is the default before dev starts.
+	ctrl := h.start("controller", "run", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	ctrl.waitLine(t, `fingerprint`)
+	dev := h.start("dev", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	dev.waitLine(t, `dev cluster is up`)
+	if out := h.must("context", "list"); !regexp.MustCompile(`\*\s+dev\s`).MatchString(out) {
+		t.Errorf("while dev runs, dev is not the default:\n%s", out)
+	}
+	dev.stop(t)
+	if out := h.must("context", "list"); !regexp.MustCompile(`\*\s+bootstrap-context\s`).MatchString(out) {
+		t.Errorf("after dev, the default did not go back:\n%s", out)
+	}
+	ctrl.stop(t)
+}
+
 func TestCLIErrors(t *testing.T) {
 	h := newHome(t)
 	cases := []struct {
@@ -481,6 +514,10 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"vms", "port-forward", "x", "99999"}, "want [LOCAL:]REMOTE"},
 		{[]string{"worker", "run", "http://127.0.0.1:1"}, "bootstrap token is required"},
 		{[]string{"worker", "run", "http://127.0.0.1:1", "--bootstrap-token", "nope"}, "not of the form"},
+		{[]string{"vms", "delete"}, "missing NAME (usage: orchard vms delete NAME..."},
+		{[]string{"vms", "get", "a", "b"}, `unexpected argument "b"`},
+		{[]string{"vms", "create", "x", "--image", "i", "--os", "windows"}, `--os "windows": want one of darwin, linux`},
+		{[]string{"vms", "logs", "x", "--tail", "-1"}, "want 0 or more lines"},
 	}
 	for _, c := range cases {
 		_, errOut, code := h.run(c.args...)

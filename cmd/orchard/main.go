@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -44,6 +45,28 @@ type exitCode struct{ code int }
 
 func (e *exitCode) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
+// args checks a command's positional arguments by name, so that a
+// missing one is named: "missing NAME (usage: orchard vms get NAME)".
+// Names in brackets are optional; a last name ending in "..." repeats.
+func args(names ...string) cobra.PositionalArgs {
+	required := 0
+	for _, n := range names {
+		if !strings.HasPrefix(n, "[") || !strings.HasSuffix(n, "]") {
+			required++
+		}
+	}
+	return func(cmd *cobra.Command, got []string) error {
+		repeats := len(names) > 0 && strings.HasSuffix(strings.TrimSuffix(names[len(names)-1], "]"), "...")
+		if len(got) < required {
+			return fmt.Errorf("missing %s (usage: %s)", strings.TrimSuffix(names[len(got)], "..."), cmd.UseLine())
+		}
+		if len(got) > len(names) && !repeats {
+			return fmt.Errorf("unexpected argument %q (usage: %s)", got[len(names)], cmd.UseLine())
+		}
+		return nil
+	}
+}
+
 // globals are the flags every client command shares.
 type globals struct {
 	context string
@@ -53,7 +76,7 @@ func newRoot() *cobra.Command {
 	g := &globals{}
 	root := &cobra.Command{
 		Use:           "orchard",
-		Short:         "Run macOS (Tart) VMs across a fleet of Macs, and GitHub Actions runners in them",
+		Short:         "Run macOS (Tart) VMs across a fleet of Macs",
 		Version:       version + " (" + commit + ")",
 		SilenceUsage:  true,
 		SilenceErrors: true,

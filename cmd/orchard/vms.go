@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -35,7 +37,7 @@ func newVMsCreate(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create NAME --image IMAGE",
 		Short: "Create a VM; the scheduler places it on a worker that fits",
-		Args:  cobra.ExactArgs(1),
+		Args:  args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			vm.Name = args[0]
 			var err error
@@ -64,6 +66,14 @@ func newVMsCreate(g *globals) *cobra.Command {
 			}
 			if vm.HostDirs, err = parseHostDirs(hostDirs); err != nil {
 				return err
+			}
+			for _, f := range []struct{ flag, value, allowed string }{
+				{"--os", osName, "darwin linux"}, {"--arch", arch, "arm64 amd64"}, {"--runtime", runtime, "tart vetu"},
+				{"--restart-policy", restart, "Never OnFailure"}, {"--image-pull-policy", pull, "IfNotPresent Always"},
+			} {
+				if !slices.Contains(strings.Fields(f.allowed), f.value) {
+					return fmt.Errorf("%s %q: want one of %s", f.flag, f.value, strings.ReplaceAll(f.allowed, " ", ", "))
+				}
 			}
 			vm.OS, vm.Arch, vm.Runtime = v1.OS(osName), v1.Arch(arch), v1.Runtime(runtime)
 			vm.RestartPolicy, vm.ImagePullPolicy = v1.RestartPolicy(restart), v1.ImagePullPolicy(pull)
@@ -127,8 +137,13 @@ func parseHostDirs(s string) ([]v1.HostDir, error) {
 	return out, nil
 }
 
-// waitRunning follows the VM's watch until it runs, printing each status
-// message: rewritten in place on a terminal, one line each otherwise.
+// scriptFinished is the worker's status message once a startup script
+// has exited 0.
+const scriptFinished = "the startup script finished"
+
+// waitRunning follows the VM's watch until it runs (and its startup
+// script has finished), printing each status message: rewritten in place
+// on a terminal, one line each otherwise.
 func waitRunning(ctx context.Context, c *client.Client, name string, timeout time.Duration, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -160,7 +175,8 @@ func waitRunning(ctx context.Context, c *client.Client, name string, timeout tim
 			result = fmt.Errorf("VM %q failed: %s", name, vm.StatusMessage)
 			return true
 		case vm.Status == v1.VMStatusRunning:
-			return true
+			// With a startup script, wait for it too: it may still fail.
+			return vm.StartupScript == nil || vm.StatusMessage == scriptFinished
 		}
 		return false
 	})
@@ -169,6 +185,10 @@ func waitRunning(ctx context.Context, c *client.Client, name string, timeout tim
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("VM %q is not running after %s", name, timeout)
+	}
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintf(out, "Stopped waiting; VM %s is %s (orchard vms get %s)\n", name, last, name)
+		return &exitCode{code: 130}
 	}
 	if err != nil {
 		return err
@@ -194,6 +214,10 @@ func newVMsList(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if len(vms) == 0 && format == "table" {
+				fmt.Fprintln(cmd.OutOrStdout(), "No VMs. Create one: orchard vms create NAME --image IMAGE")
+				return nil
+			}
 			return render(cmd.OutOrStdout(), format, vms, func(tw *tabwriter.Writer) {
 				row(tw, "NAME", "IMAGE", "STATUS", "WORKER", "RESTARTS", "CREATED", "MESSAGE")
 				for _, vm := range vms {
@@ -211,7 +235,7 @@ func newVMsGet(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get NAME",
 		Short: "Show a VM",
-		Args:  cobra.ExactArgs(1),
+		Args:  args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.newClient()
 			if err != nil {
@@ -248,7 +272,7 @@ func newVMsDelete(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "delete NAME...",
 		Short: "Delete VMs; their workers stop and remove them",
-		Args:  cobra.MinimumNArgs(1),
+		Args:  args("NAME..."),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.newClient()
 			if err != nil {
@@ -273,8 +297,14 @@ func newVMsLogs(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "logs NAME",
 		Short: "Print a VM's log: startup-script output and the worker's notes",
-		Args:  cobra.ExactArgs(1),
+		Args:  args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if tail < 0 {
+				return fmt.Errorf("--tail %d: want 0 or more lines", tail)
+			}
+			if !cmd.Flags().Changed("tail") {
+				tail = -1 // all of it
+			}
 			c, err := g.newClient()
 			if err != nil {
 				return err
@@ -283,17 +313,18 @@ func newVMsLogs(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines until the VM is deleted or Ctrl-C")
-	cmd.Flags().IntVar(&tail, "tail", 0, "print only the last N lines first")
+	cmd.Flags().IntVar(&tail, "tail", 0, "print only the last N lines (before following)")
 	return cmd
 }
 
-// printLogs prints the VM's log (the last tail lines when tail > 0) and
+// printLogs prints the VM's log (only the last tail lines when tail is 0
+// or more) and
 // with follow keeps printing lines as they are appended, until the VM is
 // deleted or ctx ends.
 func printLogs(ctx context.Context, c *client.Client, name string, tail int, follow bool, out io.Writer) error {
 	var lines []string
 	emit := func(l string) {
-		if tail <= 0 {
+		if tail < 0 {
 			fmt.Fprintln(out, l)
 			return
 		}
@@ -333,16 +364,16 @@ func printLogs(ctx context.Context, c *client.Client, name string, tail int, fol
 
 func formatMap(m map[string]string) string {
 	var parts []string
-	for k, v := range m {
-		parts = append(parts, k+"="+v)
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, k+"="+m[k])
 	}
 	return strings.Join(parts, ",")
 }
 
 func formatResources(m v1.Resources) string {
 	var parts []string
-	for k, v := range m {
-		parts = append(parts, fmt.Sprintf("%s=%d", k, v))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
 	}
 	return strings.Join(parts, ",")
 }

@@ -40,7 +40,7 @@ directories with an SSH server, isolating nothing).
 
 The bootstrap token (orchard bootstrap-token NAME prints one) names a service account with
 compute:read and compute:write, and carries the controller's certificate, which the worker pins.`,
-		Args: cobra.ExactArgs(1),
+		Args: args("URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if tokenStdin {
 				line, err := bufio.NewReader(os.Stdin).ReadString('\n')

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	v1 "github.com/orchardci/orchard/fleet/v1"
@@ -195,13 +196,17 @@ func apiError(status int, body []byte) error {
 	return &APIError{StatusCode: status, Message: e.Message}
 }
 
-// describeTransportError adds what to do to TLS failures.
+// describeTransportError adds what to do to the usual failures: nothing
+// listening, and a certificate that is not trusted.
 func describeTransportError(err error) error {
 	var unknown x509.UnknownAuthorityError
 	var invalid x509.CertificateInvalidError
 	var hostname x509.HostnameError
-	if errors.As(err, &unknown) || errors.As(err, &invalid) || errors.As(err, &hostname) {
-		return fmt.Errorf("%w (the controller's certificate is not the one this context trusts: recreate the context with a fresh bootstrap token)", err)
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%w (is the controller running there? orchard context list shows where this CLI points)", err)
+	case errors.As(err, &unknown) || errors.As(err, &invalid) || errors.As(err, &hostname):
+		return fmt.Errorf("%w (the controller's certificate is not trusted here: create a context from a bootstrap token, which pins it, or check ORCHARD_URL, which drops the pin of another URL)", err)
 	}
 	return err
 }

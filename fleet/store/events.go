@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/dgraph-io/badger/v4"
@@ -31,6 +32,9 @@ type EventsQuery struct {
 	Descending bool
 }
 
+// cursorShape is what an event key's suffix, and so a cursor, looks like.
+var cursorShape = regexp.MustCompile(`^[0-9a-f]{16}-[0-9a-f]{8}$`)
+
 // ErrBadCursor is returned for a cursor this store did not hand out.
 var ErrBadCursor = errors.New("invalid cursor")
 
@@ -42,7 +46,7 @@ func (s *Store) Events(uid string, q EventsQuery) ([]v1.Event, string, error) {
 	var after []byte
 	if q.Cursor != "" {
 		suffix, err := base64.RawURLEncoding.DecodeString(q.Cursor)
-		if err != nil || len(suffix) == 0 || strings.ContainsAny(string(suffix), "/") {
+		if err != nil || !cursorShape.Match(suffix) {
 			return nil, "", ErrBadCursor
 		}
 		after = append(append([]byte{}, prefix...), suffix...)

@@ -385,8 +385,7 @@ func (d *Driver) Ignored(vm *v1.VM) []string {
 	add(vm.Memory != 0, "memory")
 	add(vm.DiskSize != 0, "diskSize")
 	add(vm.NetBridged != "", "net-bridged")
-	add(vm.NetSoftnetKebab, "net-softnet")
-	add(vm.NetSoftnet, "netSoftnet")
+	add(vm.NetSoftnet || vm.NetSoftnetKebab, "netSoftnet") // one setting, two spellings
 	add(len(vm.NetSoftnetAllow) > 0, "netSoftnetAllow")
 	add(len(vm.NetSoftnetBlock) > 0, "netSoftnetBlock")
 	add(vm.Nested, "nested")

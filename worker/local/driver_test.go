@@ -618,7 +618,7 @@ func TestIgnored(t *testing.T) {
 		{"resources", v1.VM{CPU: 4, Memory: 8192, DiskSize: 50}, []string{"image", "cpu", "memory", "diskSize"}},
 		{"pull policy", v1.VM{ImagePullPolicy: v1.ImagePullPolicyAlways}, []string{"image", "imagePullPolicy"}},
 		{"networking", v1.VM{NetBridged: "en0", NetSoftnetKebab: true, NetSoftnet: true, NetSoftnetAllow: []string{"10.0.0.0/8"}, NetSoftnetBlock: []string{"0.0.0.0/0"}},
-			[]string{"image", "net-bridged", "net-softnet", "netSoftnet", "netSoftnetAllow", "netSoftnetBlock"}},
+			[]string{"image", "net-bridged", "netSoftnet", "netSoftnetAllow", "netSoftnetBlock"}},
 		{"guest features", v1.VM{Nested: true, HostDirs: []v1.HostDir{{Name: "src", Path: "/src"}}, Suspendable: true, RandomSerial: true},
 			[]string{"image", "nested", "hostDirs", "suspendable", "randomSerial"}},
 		{"suspended", v1.VM{PowerState: v1.PowerStateSuspended}, []string{"image", "powerState"}},
