@@ -34,12 +34,18 @@ type cluster struct {
 }
 
 func newCluster(t testing.TB, dir string, offline time.Duration) *cluster {
-	return newClusterTLS(t, dir, offline, false)
+	return newClusterOn(t, dir, offline, false, "127.0.0.1:0")
 }
 
 // newClusterTLS is newCluster, serving TLS with a generated certificate
 // that the workers' token pins when withTLS is set.
 func newClusterTLS(t testing.TB, dir string, offline time.Duration, withTLS bool) *cluster {
+	return newClusterOn(t, dir, offline, withTLS, "127.0.0.1:0")
+}
+
+// newClusterOn serves on addr; a fixed address lets a test restart the
+// controller where its workers look for it.
+func newClusterOn(t testing.TB, dir string, offline time.Duration, withTLS bool, addr string) *cluster {
 	t.Helper()
 	c, err := fleet.Open(fleet.Config{DataDir: dir, WorkerOfflineTimeout: offline, RestartDelay: 100 * time.Millisecond, HeartbeatInterval: time.Second})
 	if err != nil {
@@ -48,10 +54,11 @@ func newClusterTLS(t testing.TB, dir string, offline time.Duration, withTLS bool
 	if _, _, err := c.EnsureBootstrapAdmin(context.Background(), "test-token"); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	var ln net.Listener
+	waitUntil(t, "the address to be free", func() bool {
+		ln, err = net.Listen("tcp", addr)
+		return err == nil
+	})
 	var cert *fleet.Certificate
 	scheme := "http://"
 	if withTLS {
@@ -337,23 +344,7 @@ func TestControllerRestart(t *testing.T) {
 // restartOn opens the controller again on dir and the same address.
 func restartOn(t *testing.T, dir, url string) *cluster {
 	t.Helper()
-	addr := strings.TrimPrefix(url, "http://")
-	var ln net.Listener
-	waitUntil(t, "the old listener to go", func() bool {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err == nil
-	})
-	c, err := fleet.Open(fleet.Config{DataDir: dir, WorkerOfflineTimeout: 2 * time.Second, RestartDelay: 100 * time.Millisecond, HeartbeatInterval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { _ = c.Serve(ctx, ln, nil); close(served) }()
-	cl := &cluster{t: t, dir: dir, c: c, url: url}
-	t.Cleanup(func() { cancel(); <-served; c.Close() })
-	return cl
+	return newClusterOn(t, dir, 2*time.Second, false, strings.TrimPrefix(url, "http://"))
 }
 
 func TestTartDriverThroughTheWorker(t *testing.T) {

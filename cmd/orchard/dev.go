@@ -80,12 +80,18 @@ another terminal needs no flags. A --listen address other than loopback needs --
 			if err != nil {
 				return err
 			}
+			var wg sync.WaitGroup
+			// fail stops what was started so far, then reports err.
+			fail := func(err error) error {
+				cancel()
+				wg.Wait()
+				return errors.Join(err, srv.Wait())
+			}
 			if srv.AdminToken == "" {
 				// Not generated on this start: the dev context gets the stored one.
 				admin, err := srv.ServiceAccount(fleet.BootstrapAdmin)
 				if err != nil {
-					cancel()
-					return errors.Join(fmt.Errorf("the dev controller has no %s account: delete %s to start afresh", fleet.BootstrapAdmin, dataDir), srv.Wait())
+					return fail(fmt.Errorf("the dev controller has no %s account: delete %s to start afresh", fleet.BootstrapAdmin, dataDir))
 				}
 				srv.AdminToken = admin.Token
 			}
@@ -94,8 +100,7 @@ another terminal needs no flags. A --listen address other than loopback needs --
 				previous = f.DefaultContext
 			}
 			if err := saveServerContext(home, devContext, srv, true); err != nil {
-				cancel()
-				return errors.Join(fmt.Errorf("write the dev context: %w", err), srv.Wait())
+				return fail(fmt.Errorf("write the dev context: %w", err))
 			}
 			defer restoreDefaultContext(home, previous)
 
@@ -105,19 +110,15 @@ another terminal needs no flags. A --listen address other than loopback needs --
 			}
 			machineID, err := worker.MachineID(dataDir)
 			if err != nil {
-				cancel()
-				return errors.Join(err, srv.Wait())
+				return fail(err)
 			}
-			var wg sync.WaitGroup
 			var names []string
 			driverKind := ""
 			for n := range workers {
 				name := fmt.Sprintf("dev-%d", n+1)
 				driver, closeDriver, err := openDriver(ctx, driverName, filepath.Join(dataDir, "vms", name), logger)
 				if err != nil {
-					cancel()
-					wg.Wait()
-					return errors.Join(err, srv.Wait())
+					return fail(err)
 				}
 				driverKind = driver.Kind()
 				w, err := worker.New(worker.Config{
@@ -126,9 +127,7 @@ another terminal needs no flags. A --listen address other than loopback needs --
 				})
 				if err != nil {
 					closeDriver()
-					cancel()
-					wg.Wait()
-					return errors.Join(err, srv.Wait())
+					return fail(err)
 				}
 				names = append(names, name)
 				wg.Go(func() {
